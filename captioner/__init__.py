@@ -1,0 +1,10 @@
+"""captioner: image -> CNN vector v -> RNN decoder -> captions. No Flask, no datasets in here."""
+
+from .checkpoint import CheckpointError
+from .model import Caption, Captioner, default_model_path, load
+from .preprocess import ImageError, PreprocessConfig
+from .vocab import Vocabulary, tokenize
+
+__version__ = "0.1.0"
+__all__ = ["Caption", "Captioner", "CheckpointError", "ImageError", "PreprocessConfig", "Vocabulary",
+           "default_model_path", "load", "tokenize", "__version__"]

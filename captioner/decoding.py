@@ -1,0 +1,212 @@
+"""Batched decoding from <start> until <end>: greedy, sampling (temperature, top-k, top-p) and beam search.
+
+All three run a whole batch of images at once through `CaptionDecoder.step`, and each image's result is
+what it would get alone: beam bookkeeping is per image, and sampling draws each image's noise from its
+own seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .decoder import CaptionDecoder
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class Hypothesis:
+    tokens: list[int]  # word ids, without <start> and <end>
+    log_prob: float  # sum of the model's log-probabilities of the words and of <end> when finished
+    finished: bool  # False when max_length was reached before <end>
+
+
+def _check(max_length: int, min_length: int) -> None:
+    if max_length < 1:
+        raise ValueError("max_length must be at least 1")
+    if not 0 <= min_length <= max_length:
+        raise ValueError("min_length must be between 0 and max_length")
+
+
+def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """Forbid, in place, any token that would complete an n-gram already present in `history` [N, t]."""
+    t = history.size(1)
+    if n <= 0 or t < n:
+        return
+    grams = history.unfold(1, n, 1)  # [N, t-n+1, n]
+    prefix = history[:, t - n + 1 :]  # the last n-1 tokens
+    match = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(dim=2)
+    hits = torch.zeros_like(log_probs).scatter_add_(1, grams[:, :, n - 1], match.to(log_probs.dtype))
+    log_probs.masked_fill_(hits > 0, NEG_INF)
+
+
+def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        outside = probs.cumsum(dim=-1) - probs > top_p  # the first token is always kept
+        logits = logits.masked_fill(torch.zeros_like(outside).scatter(1, order, outside), NEG_INF)
+    return logits
+
+
+def _generators(n: int, seeds: Sequence[int | None] | int | None, device: torch.device) -> list[torch.Generator]:
+    if seeds is None or isinstance(seeds, int):
+        seeds = [seeds] * n
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    gens = []
+    for seed in seeds:
+        g = torch.Generator(device=device)
+        g.manual_seed(int(seed)) if seed is not None else g.seed()
+        gens.append(g)
+    return gens
+
+
+@torch.inference_mode()
+def sequential_decode(
+    decoder: CaptionDecoder,
+    features: torch.Tensor,
+    start_id: int,
+    end_id: int,
+    max_length: int = 20,
+    min_length: int = 0,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seeds: Sequence[int | None] | int | None = None,
+    no_repeat_ngram_size: int = 0,
+) -> list[Hypothesis]:
+    """Greedy (argmax) or sampled decoding, one hypothesis per image.
+
+    Sampling uses the Gumbel-max trick, argmax(logits / T + Gumbel noise), which draws from softmax(logits / T);
+    each image's noise comes from its own generator, so a seeded image gets the same caption in any batch.
+    """
+    _check(max_length, min_length)
+    if sample and not temperature > 0:
+        raise ValueError("temperature must be > 0")
+    n, device = features.size(0), features.device
+    gens = _generators(n, seeds, device) if sample else []
+    state = decoder.start(features)
+    tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
+    out = torch.full((n, max_length), end_id, dtype=torch.long, device=device)
+    log_prob = torch.zeros(n, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    for t in range(max_length):
+        logits, state = decoder.step(tokens, state)
+        lp = F.log_softmax(logits.float(), dim=-1)
+        if t < min_length:
+            lp[:, end_id] = NEG_INF
+        _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
+        if sample:
+            scores = _filter_top_k_top_p(lp / temperature, top_k, top_p)
+            u = torch.stack([torch.rand(lp.size(1), generator=g, device=device) for g in gens])
+            gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
+            choice = (scores + gumbel).argmax(dim=-1)
+        else:
+            choice = lp.argmax(dim=-1)
+        choice = torch.where(done, torch.full_like(choice, end_id), choice)
+        log_prob += torch.where(done, torch.zeros_like(log_prob), lp.gather(1, choice[:, None])[:, 0])
+        out[:, t] = choice
+        done |= choice == end_id
+        tokens = choice
+        if bool(done.all()):
+            break
+    results = []
+    for row, fin in zip(out.tolist(), done.tolist()):
+        words = row[: row.index(end_id)] if end_id in row else row
+        results.append(Hypothesis(words, 0.0, fin))
+    for r, lp_sum in zip(results, log_prob.tolist()):
+        r.log_prob = lp_sum
+    return results
+
+
+@torch.inference_mode()
+def beam_search(
+    decoder: CaptionDecoder,
+    features: torch.Tensor,
+    start_id: int,
+    end_id: int,
+    beam_size: int = 3,
+    n_best: int = 1,
+    max_length: int = 20,
+    min_length: int = 0,
+    length_penalty: float = 0.0,
+    no_repeat_ngram_size: int = 0,
+) -> list[list[Hypothesis]]:
+    """Beam search over a batch of images; returns the `n_best` hypotheses of each, best first.
+
+    Each image keeps `beam_size` live (unfinished) hypotheses plus a pool of the best finished ones,
+    ranked by log_prob / length**length_penalty (length counts <end>). A hypothesis joins the pool when
+    its <end> ranks among the image's `beam_size` best candidates; once there it is never pushed out by
+    live ones, and an image stops once no live hypothesis can beat its n-th best finished one.
+    If fewer than `n_best` hypotheses finish within `max_length` words, the best unfinished ones fill in, so
+    every image always gets an answer.
+    """
+    _check(max_length, min_length)
+    if not 1 <= n_best <= beam_size:
+        raise ValueError("n_best must be between 1 and beam_size")
+    b, k, device = features.size(0), beam_size, features.device
+    state = decoder.reorder(decoder.start(features), torch.arange(b, device=device).repeat_interleave(k))
+    live_score = torch.full((b, k), NEG_INF, device=device)
+    live_score[:, 0] = 0.0  # one real start hypothesis per image; the copies would only duplicate it
+    live_tokens = torch.zeros((b * k, 0), dtype=torch.long, device=device)
+    tokens = torch.full((b * k,), start_id, dtype=torch.long, device=device)
+    fin_norm = torch.full((b, k), NEG_INF, device=device)
+    fin_raw = torch.full((b, k), NEG_INF, device=device)
+    fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
+    offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
+
+    for t in range(max_length):
+        logits, state = decoder.step(tokens, state)
+        lp = F.log_softmax(logits.float(), dim=-1)
+        vocab = lp.size(1)
+        _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
+        if t < min_length:
+            lp[:, end_id] = NEG_INF
+        else:
+            # A hypothesis may end here (with t words) if <end> ranks among the image's k best candidates,
+            # as in the usual formulation; it is what makes beam_size=1 exactly greedy decoding.
+            kth = (live_score.view(-1, 1) + lp).view(b, k * vocab).topk(k, dim=1).values[:, -1:]
+            end_raw = live_score + lp[:, end_id].view(b, k)
+            end_raw = end_raw.masked_fill(end_raw < kth, NEG_INF)
+            end_norm = end_raw / float(t + 1) ** length_penalty
+            padded = F.pad(live_tokens, (0, max_length - t), value=end_id).view(b, k, max_length)
+            fin_norm, pick = torch.cat([fin_norm, end_norm], 1).topk(k, dim=1)
+            fin_raw = torch.cat([fin_raw, end_raw], 1).gather(1, pick)
+            fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick.unsqueeze(2).expand(-1, -1, max_length))
+        lp[:, end_id] = NEG_INF
+        total = (live_score.view(-1, 1) + lp).view(b, k * vocab)
+        live_score, flat = total.topk(k, dim=1)
+        rows = (offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
+        words = (flat % vocab).view(-1)
+        live_tokens = torch.cat([live_tokens.index_select(0, rows), words.unsqueeze(1)], dim=1)
+        state = decoder.reorder(state, rows)
+        tokens = words
+        # Scores only fall as words are added, so a live hypothesis ends no better than this bound.
+        bound = live_score.max(dim=1).values / float(max_length) ** length_penalty
+        if bool((fin_norm[:, n_best - 1] >= bound).all()):
+            break
+
+    results: list[list[Hypothesis]] = []
+    live_norm = live_score / float(live_tokens.size(1)) ** length_penalty
+    for i in range(b):
+        hyps = []
+        for j in range(k):
+            if fin_norm[i, j] > NEG_INF and len(hyps) < n_best:
+                row = fin_tokens[i, j].tolist()
+                hyps.append(Hypothesis(row[: row.index(end_id)] if end_id in row else row, float(fin_raw[i, j]), True))
+        for j in live_norm[i].argsort(descending=True).tolist():
+            if len(hyps) >= n_best:
+                break
+            if live_score[i, j] > NEG_INF:
+                hyps.append(Hypothesis(live_tokens[i * k + j].tolist(), float(live_score[i, j]), False))
+        results.append(hyps)
+    return results

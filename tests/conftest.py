@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models built in-process, real photos from tests/fixtures (CC0, see its README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.encoders import create_encoder
+from captioner.model import Captioner
+from captioner.preprocess import PreprocessConfig
+from captioner.vocab import SPECIALS, Vocabulary
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def cat_photo() -> Path:
+    return FIXTURES / "chelsea.jpg"
+
+
+@pytest.fixture(scope="session")
+def coffee_photo() -> Path:
+    return FIXTURES / "coffee.jpg"
+
+
+def tiny_vocab(n_words: int = 20) -> Vocabulary:
+    return Vocabulary([*SPECIALS, *(f"w{i}" for i in range(n_words))])
+
+
+def tiny_decoder(vocab_size: int, cell: str = "lstm", conditioning: str = "first_input", feature_dim: int = 1280,
+                 seed: int = 0, hidden: int = 32, layers: int = 1) -> CaptionDecoder:
+    torch.manual_seed(seed)
+    dec = CaptionDecoder(DecoderConfig(vocab_size=vocab_size, feature_dim=feature_dim, cell=cell, embed_dim=16,
+                                       hidden_dim=hidden, num_layers=layers, dropout=0.0, conditioning=conditioning))
+    with torch.no_grad():  # sharpen the random output layer so decoding has real preferences
+        dec.out.weight.mul_(8.0)
+    return dec.eval()
+
+
+@pytest.fixture(scope="session")
+def lite0_pretrained():
+    return create_encoder("efficientnet_lite0", pretrained=True, with_head=True).eval()
+
+
+@pytest.fixture(scope="session")
+def small_captioner() -> Captioner:
+    """A real-architecture captioner with an untrained decoder: fast, deterministic."""
+    torch.manual_seed(0)
+    vocab = tiny_vocab(30)
+    encoder = create_encoder("efficientnet_lite0", pretrained=False)
+    return Captioner(encoder, tiny_decoder(len(vocab)), vocab, PreprocessConfig(), "efficientnet_lite0")

@@ -1,0 +1,124 @@
+"""Checkpoints round-trip without executing code; the public API and CLI behave as documented."""
+
+import json
+import os
+
+import pytest
+import torch
+
+import captioner
+from captioner import CheckpointError, ImageError
+from captioner.__main__ import main as cli_main
+from captioner.checkpoint import Checkpoint, load, save
+
+from . import images
+
+
+@pytest.fixture(scope="module")
+def saved_model(small_captioner, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model.safetensors"
+    save(path, small_captioner.checkpoint(metrics={"val": {"CIDEr": 1.0}}, info={"note": "test"}))
+    return path
+
+
+def test_round_trip_gives_identical_captions(small_captioner, saved_model, cat_photo):
+    loaded = captioner.load(saved_model)
+    assert loaded.vocab.itos == small_captioner.vocab.itos
+    assert loaded.preprocess_cfg == small_captioner.preprocess_cfg
+    assert loaded.metrics == {"val": {"CIDEr": 1.0}}
+    a = small_captioner.caption([cat_photo], beam_size=3, n_best=2)[0]
+    b = loaded.caption([cat_photo], beam_size=3, n_best=2)[0]
+    assert [c.text for c in a] == [c.text for c in b]
+
+
+def test_fp16_export_loads_as_float32(small_captioner, tmp_path):
+    path = tmp_path / "half.safetensors"
+    save(path, small_captioner.checkpoint(), dtype=torch.float16)
+    full = tmp_path / "full.safetensors"
+    save(full, small_captioner.checkpoint())
+    assert path.stat().st_size < 0.6 * full.stat().st_size
+    model = captioner.load(path)
+    assert next(model.decoder.parameters()).dtype == torch.float32
+
+
+def test_checkpoint_is_plain_safetensors_not_pickle(saved_model):
+    head = saved_model.read_bytes()[:8]
+    header_len = int.from_bytes(head, "little")
+    header = json.loads(saved_model.read_bytes()[8 : 8 + header_len])
+    assert header["__metadata__"]["format"] == "captioner-checkpoint"
+    assert b"\x80\x02" not in saved_model.read_bytes()[:2]  # no pickle protocol marker at the start
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_corrupt_files_raise_checkpoint_error(saved_model, tmp_path, damage):
+    data = saved_model.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(4096), "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
+        captioner.load(bad)
+
+
+def test_incompatible_checkpoints_are_named(small_captioner, tmp_path):
+    ck = small_captioner.checkpoint()
+    ck.decoder["hidden_dim"] = 64  # weights no longer fit the config
+    save(tmp_path / "x.safetensors", ck)
+    with pytest.raises(CheckpointError, match="incompatible"):
+        captioner.load(tmp_path / "x.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "other.safetensors"), metadata={"format": "something-else"})
+    with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
+        load(tmp_path / "other.safetensors")
+    with pytest.raises(FileNotFoundError):
+        captioner.load(tmp_path / "missing.safetensors")
+
+
+def test_save_is_atomic(small_captioner, tmp_path, monkeypatch):
+    path = tmp_path / "m.safetensors"
+    save(path, small_captioner.checkpoint())
+    before = path.read_bytes()
+
+    def explode(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("captioner.checkpoint.save_file", explode)
+    with pytest.raises(OSError):
+        save(path, small_captioner.checkpoint())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_caption_accepts_paths_bytes_and_pil(small_captioner, cat_photo):
+    from PIL import Image
+
+    out = small_captioner.caption([cat_photo, str(cat_photo), cat_photo.read_bytes(), Image.open(cat_photo)], method="greedy")
+    assert len(out) == 4 and len({c[0].text for c in out}) == 1
+    single = small_captioner.caption(cat_photo, method="beam", beam_size=3, n_best=3)
+    assert len(single) == 1 and len(single[0]) == 3
+    c = single[0][0]
+    assert isinstance(c.text, str) and c.tokens == c.text.split() and c.log_prob <= 0
+
+
+def test_caption_rejects_bad_input_and_options(small_captioner, cat_photo):
+    with pytest.raises(ImageError):
+        small_captioner.caption([b"not an image"])
+    with pytest.raises(ValueError):
+        small_captioner.caption([cat_photo], method="telepathy")
+    with pytest.raises(ValueError):
+        small_captioner.caption([cat_photo], method="greedy", n_best=2)
+
+
+def test_cli_prints_json_per_image(saved_model, cat_photo, coffee_photo, capsys):
+    assert cli_main(["caption", "--model", str(saved_model), "--json", "--n-best", "2", str(cat_photo), str(coffee_photo)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["image"] for r in records] == [str(cat_photo), str(coffee_photo)]
+    assert all(len(r["captions"]) == 2 and {"text", "log_prob"} <= set(r["captions"][0]) for r in records)
+
+
+def test_cli_reports_errors(saved_model, tmp_path, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(images.truncated_jpeg())
+    assert cli_main(["caption", "--model", str(saved_model), str(bad)]) == 1
+    assert "bad.jpg" in capsys.readouterr().err
+    assert cli_main(["caption", "--model", str(tmp_path / "none.safetensors"), str(bad)]) == 2

@@ -1,0 +1,129 @@
+"""The decoder is faithful to the textbook equations, and teacher forcing matches step-by-step decoding."""
+
+import pytest
+import torch
+
+from captioner.decoder import CaptionDecoder, DecoderConfig
+
+from .conftest import tiny_decoder
+
+H = 32
+
+
+def weights(dec: CaptionDecoder):
+    r = dec.rnn
+    return r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0 + 0, r.bias_hh_l0 + 0
+
+
+def hand_step(cell: str, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, dec: CaptionDecoder):
+    """One step of the seed's equations, written out with the fused module's own weights."""
+    w_x, w_h, b_x, b_h = weights(dec)
+    sig, tanh = torch.sigmoid, torch.tanh
+    if cell == "rnn":  # h_t = tanh(W_xh x_t + W_hh h_{t-1} + b)
+        return tanh(x @ w_x.T + b_x + h @ w_h.T + b_h), None
+    if cell == "lstm":  # (i,f,o,g) = (sig,sig,sig,tanh)(W [h; x]); C = f*C + i*g; h = o*tanh(C)
+        z = x @ w_x.T + b_x + h @ w_h.T + b_h
+        i, f, g, o = z.chunk(4, dim=-1)  # torch's gate order
+        c_new = sig(f) * c + sig(i) * tanh(g)
+        return sig(o) * tanh(c_new), c_new
+    # GRU: r, z gates; h~ = tanh(W x + r * (U h)); h = (1 - z) * h_prev + z * h~
+    # (torch applies r after the hidden matmul, the cuDNN form; with z as the update gate as in the seed.)
+    gx, gh = x @ w_x.T + b_x, h @ w_h.T + b_h
+    rx, zx, nx = gx.chunk(3, dim=-1)
+    rh, zh, nh = gh.chunk(3, dim=-1)
+    r, zgate = sig(rx + rh), sig(zx + zh)
+    candidate = tanh(nx + r * nh)
+    # torch's nn.GRU computes h = (1 - z') * n + z' * h_prev; its z' is the seed's 1 - z.
+    return zgate * h + (1 - zgate) * candidate, None
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("conditioning", ["every_step", "first_input"])
+def test_one_step_matches_the_equations(cell, conditioning):
+    dec = tiny_decoder(40, cell=cell, conditioning=conditioning, feature_dim=24, hidden=H)
+    with torch.no_grad():
+        for p in dec.rnn.parameters():  # make the state non-trivial
+            p.normal_(0, 0.3)
+    v = torch.randn(3, 24)
+    tok = torch.tensor([5, 6, 7])
+    state = dec.start(v)
+    h0 = state["h"][0]
+    c0 = state["c"][0] if cell == "lstm" else None
+    logits, new = dec.step(tok, state)
+
+    x = dec.embed(tok)
+    if conditioning == "every_step":
+        # the seed: h_t = tanh(W_hx x_t + W_hh h_{t-1} + W_ih v), with v projected to the input width
+        x = torch.cat([x, dec.project_image(v)], dim=1)
+        assert torch.equal(h0, torch.zeros_like(h0))
+    else:
+        # Show and Tell: the state after reading x_{-1} = W_v v from a zero state
+        h_img, c_img = hand_step(cell, dec.project_image(v), torch.zeros(3, H), torch.zeros(3, H) if cell == "lstm" else None, dec)
+        torch.testing.assert_close(h0, h_img, rtol=1e-5, atol=1e-5)
+    h1, c1 = hand_step(cell, x, h0, c0, dec)
+    torch.testing.assert_close(new["h"][0], h1, rtol=1e-5, atol=1e-5)
+    if cell == "lstm":
+        torch.testing.assert_close(new["c"][0], c1, rtol=1e-5, atol=1e-5)
+    # y_t = softmax(W_hy h_t + b)
+    torch.testing.assert_close(logits, h1 @ dec.out.weight.T + dec.out.bias, rtol=1e-5, atol=1e-5)
+
+
+def test_rnn_every_step_is_the_seed_formula_with_split_weights():
+    dec = tiny_decoder(40, cell="rnn", conditioning="every_step", feature_dim=24, hidden=H)
+    v, tok = torch.randn(2, 24), torch.tensor([4, 9])
+    w_ih, w_hh, b_ih, b_hh = weights(dec)
+    w_hx, w_iv = w_ih[:, :16], w_ih[:, 16:]  # input weight = [W_hx | W_ih]
+    h_prev = torch.randn(2, H)
+    state = {"h": h_prev[None], "image": dec.project_image(v)}
+    _, new = dec.step(tok, state)
+    expect = torch.tanh(dec.embed(tok) @ w_hx.T + h_prev @ w_hh.T + dec.project_image(v) @ w_iv.T + b_ih + b_hh)
+    torch.testing.assert_close(new["h"][0], expect, rtol=1e-5, atol=1e-5)
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    for layers in (1, 2):
+        dec = CaptionDecoder(DecoderConfig(vocab_size=10, feature_dim=8, cell="lstm", hidden_dim=H, num_layers=layers))
+        for layer in range(layers):
+            total = getattr(dec.rnn, f"bias_ih_l{layer}") + getattr(dec.rnn, f"bias_hh_l{layer}")
+            assert torch.all(total[H : 2 * H] == 1.0)
+            assert not torch.all(total[:H] == 1.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("conditioning", ["every_step", "first_input"])
+def test_teacher_forcing_equals_step_by_step(cell, conditioning):
+    dec = tiny_decoder(30, cell=cell, conditioning=conditioning, feature_dim=12, layers=2)
+    v = torch.randn(2, 12)
+    tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]])
+    forced = dec(v, tokens)
+    assert forced.shape == (2, 4, 30)
+    state = dec.start(v)
+    for t in range(4):
+        logits, state = dec.step(tokens[:, t], state)
+        torch.testing.assert_close(forced[:, t], logits, rtol=1e-4, atol=1e-5)
+
+
+def test_outputs_are_causal():
+    dec = tiny_decoder(30)
+    v = torch.randn(1, 1280)
+    a = dec(v, torch.tensor([[1, 5, 6, 7, 2]]))
+    b = dec(v, torch.tensor([[1, 5, 6, 9, 9]]))
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3], b[:, 3])
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        DecoderConfig(vocab_size=10, feature_dim=8, cell="transformer")
+    with pytest.raises(ValueError):
+        DecoderConfig(vocab_size=10, feature_dim=8, conditioning="sideways")
+
+
+def test_image_vectors_are_standardised_with_training_statistics():
+    dec = tiny_decoder(20, feature_dim=6)
+    train = torch.rand(100, 6) * 5 + 3  # all positive, large shared mean: like pooled CNN features
+    dec.set_feature_stats(train)
+    z = (train - dec.feature_mean) / dec.feature_std
+    torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
+    torch.testing.assert_close(dec.project_image(train), dec.image_proj(z))
+    assert "feature_mean" in dec.state_dict()  # travels inside the checkpoint

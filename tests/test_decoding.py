@@ -1,0 +1,149 @@
+"""Greedy, sampling and beam search: correctness against brute force, batching invariance, termination."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captioner.decoding import _ban_repeated_ngrams, beam_search, sequential_decode
+
+from .conftest import tiny_decoder
+
+START, END = 1, 2
+
+
+def feats(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1280, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def sequence_log_prob(dec, v: torch.Tensor, words: list[int], finished: bool) -> float:
+    state = dec.start(v[None])
+    tok, total = START, 0.0
+    for w in words + ([END] if finished else []):
+        logits, state = dec.step(torch.tensor([tok]), state)
+        total += F.log_softmax(logits, -1)[0, w].item()
+        tok = w
+    return total
+
+
+def test_beam_of_one_equals_greedy():
+    dec = tiny_decoder(30)
+    v = feats(6)
+    greedy = sequential_decode(dec, v, START, END, max_length=12)
+    beam = beam_search(dec, v, START, END, beam_size=1, max_length=12)
+    for g, b in zip(greedy, beam):
+        assert g.tokens == b[0].tokens
+        assert math.isclose(g.log_prob, b[0].log_prob, rel_tol=1e-5, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_wide_beam_finds_the_exhaustive_best(cell):
+    """Vocabulary of 3 words + <end>, up to 3 words: a beam wider than every step's candidate set
+    (at most 27 live + 9 ending) keeps everything, so it must return the exhaustive best."""
+    dec = tiny_decoder(4 + 3, cell=cell, seed=3)
+    with torch.no_grad():
+        dec.out.bias[0] = dec.out.bias[1] = dec.out.bias[3] = -1e4  # <pad>, <start>, <unk> never chosen
+    words = [4, 5, 6]
+    max_len = 3
+    for i in range(4):
+        v = feats(1, seed=i)
+        candidates = [(list(seq), True) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
+        candidates += [(list(seq), False) for seq in itertools.product(words, repeat=max_len)]
+        best_finished = max((sequence_log_prob(dec, v[0], s, True), s) for s, f in candidates if f)
+        hyp = beam_search(dec, v, START, END, beam_size=40, n_best=1, max_length=max_len)[0][0]
+        assert hyp.finished and hyp.tokens == best_finished[1]
+        assert math.isclose(hyp.log_prob, best_finished[0], rel_tol=1e-4)
+
+
+def test_batched_equals_one_at_a_time():
+    dec = tiny_decoder(30, seed=1)
+    v = feats(5, seed=1)
+    batched = beam_search(dec, v, START, END, beam_size=4, n_best=3, max_length=10)
+    greedy_b = sequential_decode(dec, v, START, END, max_length=10)
+    sample_b = sequential_decode(dec, v, START, END, max_length=10, sample=True, seeds=[1, 2, 3, 4, 5])
+    for i in range(5):
+        alone = beam_search(dec, v[i : i + 1], START, END, beam_size=4, n_best=3, max_length=10)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert sequential_decode(dec, v[i : i + 1], START, END, max_length=10)[0].tokens == greedy_b[i].tokens
+        one = sequential_decode(dec, v[i : i + 1], START, END, max_length=10, sample=True, seeds=[i + 1])[0]
+        assert one.tokens == sample_b[i].tokens
+
+
+def test_n_best_sorted_distinct_and_scored_correctly():
+    dec = tiny_decoder(30, seed=2)
+    v = feats(3, seed=2)
+    for per_image, row in zip(beam_search(dec, v, START, END, beam_size=5, n_best=5, max_length=8), v):
+        assert len(per_image) == 5
+        scores = [h.log_prob for h in per_image if h.finished]
+        assert scores == sorted(scores, reverse=True)
+        assert len({tuple(h.tokens) for h in per_image}) == 5
+        for h in per_image:
+            assert math.isclose(h.log_prob, sequence_log_prob(dec, row, h.tokens, h.finished), rel_tol=1e-4, abs_tol=1e-4)
+
+
+def test_never_ending_model_still_answers():
+    dec = tiny_decoder(12)
+    with torch.no_grad():
+        dec.out.bias[END] = float("-inf")  # <end> is never produced
+    v = feats(2)
+    for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=2, max_length=7):
+        assert len(hyps) == 2 and all(len(h.tokens) == 7 and not h.finished for h in hyps)
+    for h in sequential_decode(dec, v, START, END, max_length=7):
+        assert len(h.tokens) == 7 and not h.finished
+
+
+def test_min_length_and_length_penalty():
+    dec = tiny_decoder(12)
+    with torch.no_grad():
+        dec.out.bias[END] = 8.0  # the model wants to stop at once
+    v = feats(2)
+    assert all(h.tokens == [] for h in sequential_decode(dec, v, START, END, max_length=6))
+    for h in sequential_decode(dec, v, START, END, max_length=6, min_length=3):
+        assert len(h.tokens) >= 3
+    for hyps in beam_search(dec, v, START, END, beam_size=3, max_length=6, min_length=2):
+        assert len(hyps[0].tokens) >= 2
+    short = beam_search(dec, v, START, END, beam_size=4, max_length=6, min_length=1, length_penalty=0.0)
+    long = beam_search(dec, v, START, END, beam_size=4, max_length=6, min_length=1, length_penalty=3.0)
+    assert sum(len(h[0].tokens) for h in long) >= sum(len(h[0].tokens) for h in short)
+
+
+def test_no_repeat_ngram_blocks_repeats():
+    lp = torch.zeros(1, 10)
+    _ban_repeated_ngrams(lp, torch.tensor([[4, 5, 6, 4]]), 2)  # "4 5" seen: 5 may not follow 4 again
+    assert lp[0, 5] == float("-inf") and torch.isfinite(lp[0, [4, 6, 7]]).all()
+    dec = tiny_decoder(8)
+    v = feats(3)
+    for n in (1, 2):
+        for hyps in beam_search(dec, v, START, END, beam_size=3, max_length=6, no_repeat_ngram_size=n):
+            grams = [tuple(hyps[0].tokens[i : i + n]) for i in range(len(hyps[0].tokens) - n + 1)]
+            assert len(grams) == len(set(grams))
+
+
+def test_sampling_is_seedable_and_temperature_works():
+    dec = tiny_decoder(30)
+    v = feats(4)
+    a = sequential_decode(dec, v, START, END, max_length=10, sample=True, seeds=7)
+    b = sequential_decode(dec, v, START, END, max_length=10, sample=True, seeds=7)
+    assert [h.tokens for h in a] == [h.tokens for h in b]
+    greedy = [h.tokens for h in sequential_decode(dec, v, START, END, max_length=10)]
+    cold = sequential_decode(dec, v, START, END, max_length=10, sample=True, temperature=1e-4, seeds=3)
+    assert [h.tokens for h in cold] == greedy
+    top1 = sequential_decode(dec, v, START, END, max_length=10, sample=True, top_k=1, seeds=4)
+    assert [h.tokens for h in top1] == greedy
+    tiny_p = sequential_decode(dec, v, START, END, max_length=10, sample=True, top_p=1e-6, seeds=5)
+    assert [h.tokens for h in tiny_p] == greedy
+    hot = [tuple(h.tokens) for s in range(8) for h in sequential_decode(dec, v[:1], START, END, max_length=10, sample=True, temperature=3.0, seeds=s)]
+    assert len(set(hot)) > 1
+    with pytest.raises(ValueError):
+        sequential_decode(dec, v, START, END, sample=True, temperature=0.0)
+
+
+def test_argument_validation():
+    dec = tiny_decoder(10)
+    with pytest.raises(ValueError):
+        beam_search(dec, feats(1), START, END, beam_size=2, n_best=3)
+    with pytest.raises(ValueError):
+        sequential_decode(dec, feats(1), START, END, max_length=0)

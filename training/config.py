@@ -1,0 +1,114 @@
+"""Training configuration: one plain dataclass, loaded from TOML, every field overridable on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import get_type_hints
+
+
+@dataclass
+class TrainConfig:
+    # data
+    format: str = "flickr8k"  # flickr8k | karpathy | coco
+    data_dir: str = "../shared/data/flickr8k"
+    karpathy_json: str = ""  # for format=karpathy, relative to data_dir or absolute
+    coco_year: str = "2014"
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    val_split: str = "val"
+    skip_missing: bool = False
+    min_count: int = 5  # vocabulary threshold, counted on the training captions only
+    max_caption_words: int = 20
+    # encoder and preprocessing (travel inside the checkpoint)
+    encoder: str = "efficientnet_lite0"
+    encoder_weights: str = ""  # empty: the encoder's default local weights
+    image_size: int = 224
+    resize: str = "squash"
+    hflip_average: bool = False
+    # decoder
+    cell: str = "lstm"
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    num_layers: int = 1
+    dropout: float = 0.3
+    conditioning: str = "every_step"
+    # optimisation (teacher forcing, cross-entropy)
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio
+    grad_clip: float = 2.0  # global norm
+    label_smoothing: float = 0.1
+    scheduled_sampling: float = 0.0  # max probability of feeding the model's own word, ramped over the epochs
+    patience: int = 4  # early stop after this many epochs without a better val CIDEr
+    # self-critical sequence training (Rennie et al. 2017) after cross-entropy, on val CIDEr-D too
+    scst_epochs: int = 0
+    scst_lr: float = 5e-5
+    scst_samples: int = 5
+    scst_batch_images: int = 32
+    # evaluation during training: real decoding, never teacher-forced output
+    val_beam_size: int = 1
+    val_max_images: int = 0  # 0 = all
+    final_beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5])
+    # run
+    out_dir: str = "runs/flickr8k"
+    cache_dir: str = "cache/features"
+    seed: int = 1234
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    num_workers: int = 2
+    threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
+    export_dtype: str = "float16"  # dtype of the shipped checkpoint's weights
+    blind: bool = False  # zero the image vector: the no-image baseline
+    progress: bool = True
+
+
+def _parse_value(kind, text: str):
+    origin = getattr(kind, "__origin__", None)
+    if origin is list:
+        inner = kind.__args__[0]
+        return [inner(x) for x in text.split(",") if x != ""]
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    return kind(text)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """TOML file (flat keys, or grouped in tables which are flattened) + overrides -> TrainConfig."""
+    values: dict = {}
+    if path:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+        for key, value in raw.items():
+            values.update(value if isinstance(value, dict) else {key: value})
+    values.update(overrides or {})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+    return TrainConfig(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config FILE plus one --field VALUE flag per dataclass field (lists as a,b,c)."""
+    parser.add_argument("--config", default=None, help="TOML file under configs/")
+    hints = get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
+                            type=lambda text, kind=kind: _parse_value(kind, text))
+
+
+def from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}
+    return load_config(args.config, overrides)

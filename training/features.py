@@ -1,0 +1,144 @@
+"""Feature cache: the encoder's vector v for every image, computed once and memory-mapped as fp16.
+
+Training the decoder on cached vectors is what makes CPU training practical: the CNN runs once per image
+instead of once per image per epoch. The cache key covers the encoder, its weights, the preprocessing
+and the image list, so any change builds a new cache and an unchanged setup reuses the old one.
+Extraction writes rows in order and records progress after each flushed chunk, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from captioner.model import encode_images
+from captioner.preprocess import PreprocessConfig, preprocess
+
+log = logging.getLogger(__name__)
+
+
+class _Images(Dataset):
+    def __init__(self, paths: list[Path], cfg: PreprocessConfig):
+        self.paths, self.cfg = paths, cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        try:
+            return preprocess(self.paths[i], self.cfg)
+        except Exception as exc:  # name the file: a bare PIL error in a worker says nothing useful
+            raise RuntimeError(f"cannot read image {self.paths[i]}: {exc}") from exc
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_key(encoder_id: str, cfg: PreprocessConfig, names: list[str]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"encoder": encoder_id, "preprocess": cfg.to_dict()}, sort_keys=True).encode())
+    for name in names:
+        h.update(name.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def relative_names(paths: list[Path], root: Path) -> list[str]:
+    """Image names relative to the data folder: moving or re-mounting a data set keeps its cache."""
+    root = Path(root).resolve()
+    return [Path(p).resolve().relative_to(root).as_posix() for p in paths]
+
+
+class FeatureCache:
+    """features.f16 ([N, D] fp16 memmap) + index.json (image order, key info) + progress.json."""
+
+    def __init__(self, root: Path, data_root: Path):
+        self.root, self.data_root = root, Path(data_root)
+        self.index = json.loads((root / "index.json").read_text())
+        n, d = self.index["shape"]
+        self.array = np.memmap(root / "features.f16", dtype=np.float16, mode="r", shape=(n, d))
+        self.row = {path: i for i, path in enumerate(self.index["images"])}
+
+    @property
+    def complete(self) -> bool:
+        return _progress(self.root) >= self.index["shape"][0]
+
+    def tensor(self, paths: list[Path]) -> torch.Tensor:
+        """float32 vectors for `paths`, in that order."""
+        rows = [self.row[name] for name in relative_names(paths, self.data_root)]
+        return torch.from_numpy(np.asarray(self.array[rows], dtype=np.float32))
+
+
+def _progress(root: Path) -> int:
+    p = root / "progress.json"
+    return json.loads(p.read_text())["done"] if p.is_file() else 0
+
+
+def cache_root(cache_dir: str | Path, encoder_id: str, cfg: PreprocessConfig, paths: list[Path], data_root: Path) -> Path:
+    return Path(cache_dir) / cache_key(encoder_id, cfg, sorted(set(relative_names(paths, data_root))))
+
+
+def is_complete(root: Path) -> bool:
+    return (root / "index.json").is_file() and _progress(root) >= json.loads((root / "index.json").read_text())["shape"][0]
+
+
+def build_or_load(
+    cache_dir: str | Path,
+    encoder: torch.nn.Module,
+    encoder_id: str,
+    cfg: PreprocessConfig,
+    paths: list[Path],
+    data_root: Path,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> FeatureCache:
+    """Return the cache for (encoder, preprocessing, images), extracting whatever is not there yet."""
+    names = sorted(set(relative_names(paths, data_root)))
+    paths = [Path(data_root) / name for name in names]
+    root = cache_root(cache_dir, encoder_id, cfg, paths, data_root)
+    root.mkdir(parents=True, exist_ok=True)
+    n, d = len(paths), int(encoder.out_dim)
+    if not (root / "index.json").is_file():
+        index = {"encoder": encoder_id, "preprocess": cfg.to_dict(), "shape": [n, d], "images": names}
+        np.memmap(root / "features.f16", dtype=np.float16, mode="w+", shape=(n, d)).flush()
+        (root / "index.json").write_text(json.dumps(index))
+    done = _progress(root)
+    if done >= n:
+        log.info("feature cache hit: %s (%d images)", root, n)
+        return FeatureCache(root, data_root)
+    first = done
+    if done:
+        log.info("resuming feature extraction at image %d of %d", done, n)
+    array = np.memmap(root / "features.f16", dtype=np.float16, mode="r+", shape=(n, d))
+    loader = DataLoader(_Images(paths[done:], cfg), batch_size=batch_size, num_workers=num_workers,
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    encoder = encoder.eval().to(device).to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    bar = tqdm(total=n, initial=done, unit="img", desc="features", disable=not progress)
+    with torch.inference_mode():
+        for batch in loader:
+            v = encode_images(encoder, batch.to(device), cfg.hflip_average).float().cpu().numpy()
+            array[done : done + len(v)] = v.astype(np.float16)
+            done += len(v)
+            array.flush()
+            (root / "progress.json").write_text(json.dumps({"done": done}))
+            bar.update(len(v))
+    bar.close()
+    rate = (done - first) / max(time.perf_counter() - start, 1e-9)
+    log.info("extracted features of %d images into %s (%.1f img/s)", done - first, root, rate)
+    return FeatureCache(root, data_root)

