@@ -20,6 +20,10 @@ class ImageError(ValueError):
     """The input is not an image we can decode, or is too large to decode safely."""
 
 
+class ImageTooLarge(ImageError):
+    """The image's pixel count is over the limit (a decompression bomb, or simply too big)."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     size: int = 224
@@ -58,7 +62,7 @@ def _open(source: ImageInput) -> Image.Image:
     except FileNotFoundError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from exc
+        raise ImageTooLarge(f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise ImageError(f"not a decodable image: {exc}") from exc
 
@@ -87,7 +91,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft_s
     if width <= 0 or height <= 0:
         raise ImageError("image has no pixels")
     if width * height > max_pixels:
-        raise ImageError(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
+        raise ImageTooLarge(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
     try:
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
@@ -107,7 +111,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft_s
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"image too large: {exc}") from exc
+        raise ImageTooLarge(f"image too large: {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"image data is corrupt or truncated: {exc}") from exc
 

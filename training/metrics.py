@@ -57,18 +57,23 @@ class CiderD:
     def score(self, candidate: str, references: Sequence[str]) -> float:
         return self.score_tokens(tokenize(candidate), [tokenize(r) for r in references])
 
-    def score_tokens(self, candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    def prepare(self, references: Sequence[Sequence[str]]) -> list:
+        """Precompute the tf-idf vectors of one image's tokenized references (SCST scores them many times)."""
+        return [self._vector(_counts(ref)) for ref in references]
+
+    def score_tokens(self, candidate: Sequence[str], references: Sequence[Sequence[str]] | list) -> float:
+        """CIDEr-D of tokenized `candidate` against tokenized references, or against `prepare(...)`d ones."""
+        prepared = references if references and isinstance(references[0], tuple) else self.prepare(references)
         cv, cn, cl = self._vector(_counts(candidate))
         total = 0.0
-        for ref in references:
-            rv, rn, rl = self._vector(_counts(ref))
+        for rv, rn, rl in prepared:
             penalty = math.exp(-((cl - rl) ** 2) / (2 * SIGMA**2))
             for n in range(NGRAMS):
                 if cn[n] == 0 or rn[n] == 0:
                     continue
                 dot = sum(min(w, rv[n][g]) * rv[n][g] for g, w in cv[n].items() if g in rv[n])
                 total += penalty * dot / (cn[n] * rn[n])
-        return total / NGRAMS / max(len(references), 1) * 10.0
+        return total / NGRAMS / max(len(prepared), 1) * 10.0
 
     def corpus_score(self, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> float:
         return sum(self.score(c, r) for c, r in zip(candidates, references)) / max(len(candidates), 1)
@@ -111,7 +116,7 @@ def coco_scores(candidates: Sequence[str], references: Sequence[Sequence[str]], 
         del m
     out["ROUGE-L"] = 100 * Rouge().compute_score(gts, res)[0]
     out["CIDEr"] = 100 * Cider().compute_score(gts, res)[0]
-    out = {k: round(v, 2) for k, v in out.items()}
+    out = {k: round(float(v), 2) for k, v in out.items()}
     out["tokenizer"] = tokenizer
     if skipped:
         out["skipped"] = skipped

@@ -328,8 +328,8 @@ class Trainer:
     def run_epoch_scst(self, epoch: int) -> dict:
         cfg, dev = self.cfg, self.device
         if not hasattr(self, "train_refs_tok"):
-            self.train_refs_tok = [[tokenize(c) for c in r.captions] for r in self.train_recs]
             self.train_cider = CiderD(r.captions for r in self.train_recs)
+            self.train_refs_tok = [self.train_cider.prepare([tokenize(c) for c in r.captions]) for r in self.train_recs]
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)

@@ -1,0 +1,23 @@
+"""Prometheus metrics, one registry per app (so tests and several apps in a process stay apart).
+
+Each gunicorn worker keeps its own counters; /metrics shows the worker that answered. For a merged view
+across workers, run one worker per container (the default) and scale containers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class ServiceMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("captioner_requests_total", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("captioner_request_latency_seconds", "Request latency by endpoint", ["endpoint"],
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4), registry=self.registry)
+        self.batch_size = Histogram("captioner_batch_size", "Images per encoder/decoder batch",
+                                    buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
+        self.model_load = Gauge("captioner_model_load_seconds", "Time to load and warm up the model",
+                                registry=self.registry)
+        self.ready = Gauge("captioner_ready", "1 when the model is loaded and warm", registry=self.registry)

@@ -1,0 +1,55 @@
+"""Service settings from environment variables, with defaults that suit a small CPU machine."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+
+from captioner.model import default_model_path
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Settings:
+    model_path: str = field(default_factory=lambda: str(default_model_path()))
+    workers: int = 1  # gunicorn worker processes
+    threads: int = 8  # request threads per worker (they mostly wait on the batcher)
+    torch_threads: int = 0  # 0: cores // workers, so workers x torch threads <= cores
+    port: int = 8000
+    bind: str = "0.0.0.0"
+    max_body_mb: float = 10.0
+    max_pixels: int = 40_000_000
+    batch_wait_ms: float = 5.0  # micro-batching window; 0 turns batching off
+    max_batch: int = 16
+    request_timeout_s: float = 30.0
+    gunicorn_timeout_s: int = 120  # allows for model loading
+
+    ENV_PREFIX = "CAPTIONER_"
+
+    @classmethod
+    def from_env(cls, env: dict | None = None) -> "Settings":
+        """CAPTIONER_<FIELD> for every field (CAPTIONER_MODEL for the path; PORT also works)."""
+        env = dict(os.environ if env is None else env)
+        values = {}
+        for f in fields(cls):
+            key = "CAPTIONER_MODEL" if f.name == "model_path" else cls.ENV_PREFIX + f.name.upper()
+            raw = env.get(key)
+            if f.name == "port" and raw is None:
+                raw = env.get("PORT")
+            if raw is None or raw == "":
+                continue
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            try:
+                values[f.name] = kind(raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+    def resolved_torch_threads(self) -> int:
+        return self.torch_threads or max(1, _cores() // max(1, self.workers))
