@@ -122,3 +122,12 @@ def test_cli_reports_errors(saved_model, tmp_path, capsys):
     assert cli_main(["caption", "--model", str(saved_model), str(bad)]) == 1
     assert "bad.jpg" in capsys.readouterr().err
     assert cli_main(["caption", "--model", str(tmp_path / "none.safetensors"), str(bad)]) == 2
+
+
+def test_saved_checkpoints_are_readable_by_others(small_captioner, tmp_path):
+    """mkstemp makes 0600 files; a model served by another user (the container's) must be able to read it."""
+    path = tmp_path / "shared.safetensors"
+    save(path, small_captioner.checkpoint())
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -166,3 +166,22 @@ def test_config_toml_and_command_line_overrides(tmp_path):
     with pytest.raises(ValueError, match="unknown config keys: learning_rate"):
         load_config(tmp_path / "bad.toml")
     assert load_config("configs/coco.toml").format == "karpathy"
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
+    """Two processes with PyTorch's own distributed engine (gloo on CPU), XE then SCST, end to end."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
+           "--config", "configs/demo.toml", "--data_dir", str(demo_dir), "--cache_dir", str(tmp_path / "cache"),
+           "--out_dir", str(out), "--epochs", "3", "--scst_epochs", "1", "--progress", "false", "--threads", "1",
+           "--final_beam_sizes", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["phase"] for x in lines] == ["xe", "xe", "xe", "scst"]
+    assert "x2" in proc.stderr  # the log names the world size
+    assert captioner.load(out / "model.safetensors").decoder.cfg.cell == "lstm"

@@ -237,9 +237,13 @@ class Trainer:
 
         self.encoder = create_encoder(cfg.encoder, pretrained=True, weights=cfg.encoder_weights or None)
         t0 = time.perf_counter()
+        if self.dist.enabled and not self.dist.main:
+            self.dist.barrier()  # rank 0 extracts; the others then read its cache
         cache = build_or_load(cfg.cache_dir, self.encoder, encoder_id, self.pre,
                               [r.image_path for r in self.train_recs + self.val_recs], Path(cfg.data_dir),
                               num_workers=cfg.num_workers, device=self.device, progress=cfg.progress and self.dist.main)
+        if self.dist.enabled and self.dist.main:
+            self.dist.barrier()
         self.feature_seconds = time.perf_counter() - t0
         if cfg.val_max_images:  # after the cache, so a quick run reuses the full run's features
             self.val_recs = self.val_recs[: cfg.val_max_images]
@@ -255,6 +259,7 @@ class Trainer:
         dcfg = DecoderConfig(vocab_size=len(self.vocab), feature_dim=self.encoder.out_dim, cell=cfg.cell,
                              embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
                              dropout=cfg.dropout, conditioning=cfg.conditioning)
+        torch.manual_seed(cfg.seed)  # here, not earlier: a cache miss runs a DataLoader, which draws from the RNG
         self.decoder = CaptionDecoder(dcfg)
         self.decoder.set_feature_stats(self.train_feats.cpu())
         self.decoder.to(self.device)
@@ -297,9 +302,14 @@ class Trainer:
         self.decoder.to(self.device)
 
     # -- loops --
+    def _shard(self, items: list) -> list:
+        """This rank's share; every rank gets the same count, so collectives stay in step (DDP)."""
+        per_rank = len(items) // self.dist.world
+        return items[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+
     def run_epoch_xe(self, epoch: int) -> dict:
         cfg, dev = self.cfg, self.device
-        batches = epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch)[self.dist.rank :: self.dist.world]
+        batches = self._shard(epoch_batches(self.lengths, cfg.batch_size, cfg.seed, epoch))
         total_steps = cfg.epochs * math.ceil(len(self.lengths) / cfg.batch_size / self.dist.world)
         ss_prob = cfg.scheduled_sampling * min(1.0, epoch / max(1, cfg.epochs - 1))
         self.model.train()
@@ -333,7 +343,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(self.train_recs), generator=g)[self.dist.rank :: self.dist.world]
+        order = torch.cat(self._shard(list(torch.randperm(len(self.train_recs), generator=g).split(1))))
         self.model.train()
         t0, rew_sum, n = time.perf_counter(), 0.0, 0
         bar = tqdm(order.split(cfg.scst_batch_images), desc=f"scst {epoch + 1}", unit="batch",

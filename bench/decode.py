@@ -1,0 +1,59 @@
+"""Decode benchmark: per-image latency of the encoder and of greedy / beam-3 / beam-5 decoding at batch 1
+and 32, and batched beam search against a one-image-at-a-time loop, measured side by side in one run.
+
+    make bench-decode [ARGS="--model PATH --threads 2"]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from captioner.decoding import beam_search, sequential_decode
+
+from .common import PHOTOS, load_or_build, timed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None)
+    p.add_argument("--random", action="store_true", help="use random weights of realistic size (vocab 3000, hidden 512)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-length", type=int, default=20)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, what = load_or_build("/nonexistent" if args.random else args.model)
+    dec, v = model.decoder, model.vocab
+    print(f"model: {what}; vocab {len(v)}, hidden {dec.cfg.hidden_dim}, cell {dec.cfg.cell}; torch threads {torch.get_num_threads()}")
+    images = [model.preprocess(PHOTOS[i % 2]) for i in range(32)]
+    batch = {n: torch.stack(images[:n]) for n in (1, 32)}
+    with torch.inference_mode():
+        feats = {n: model.encode(batch[n]) for n in (1, 32)}
+    ids = dict(start_id=v.start_id, end_id=v.end_id, max_length=args.max_length)
+
+    rows = []
+    for n in (1, 32):
+        enc = timed(lambda: model.encode(batch[n]), repeat=3 if n == 32 else 10)
+        greedy = timed(lambda: sequential_decode(dec, feats[n], **ids))
+        beam3 = timed(lambda: beam_search(dec, feats[n], beam_size=3, **ids))
+        beam5 = timed(lambda: beam_search(dec, feats[n], beam_size=5, **ids))
+        rows.append((n, enc / n, greedy / n, beam3 / n, beam5 / n))
+    print("\nper-image latency (ms), median of repeated runs")
+    print(f"{'batch':>5} {'encoder':>9} {'greedy':>9} {'beam 3':>9} {'beam 5':>9}")
+    for n, *ms in rows:
+        print(f"{n:>5} " + " ".join(f"{1000 * x:9.2f}" for x in ms))
+
+    one_by_one = timed(lambda: [beam_search(dec, feats[32][i : i + 1], beam_size=3, **ids) for i in range(32)], repeat=3)
+    batched = timed(lambda: beam_search(dec, feats[32], beam_size=3, **ids), repeat=3)
+    print(f"\nbeam 3 over 32 images: one at a time {1000 * one_by_one:.1f} ms, batched {1000 * batched:.1f} ms "
+          f"-> batched is {one_by_one / batched:.1f}x faster")
+    print(f"batch 32 vs batch 1, per image: encoder {rows[0][1] / rows[1][1]:.2f}x, greedy {rows[0][2] / rows[1][2]:.1f}x, "
+          f"beam 3 {rows[0][3] / rows[1][3]:.1f}x faster")
+    end_to_end = timed(lambda: model.caption([PHOTOS[0]], method="beam", beam_size=3), repeat=10)
+    print(f"one photo end to end (decode JPEG, preprocess, encode, beam 3): {1000 * end_to_end:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Service benchmark on loopback: gunicorn with micro-batching on and off, service overhead, and a soak.
+
+* throughput: N concurrent clients send real photos for a fixed count; requests/s, p50/p90/p99 and errors,
+  batching on vs off (ratio);
+* overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio);
+* soak: 32 clients, a few thousand requests mixing good and bad inputs: 5xx count, worker restarts, and the
+  worker's resident memory at the start and the end.
+Every loop is bounded by a request count and a time limit; it stops by itself.
+
+    make bench-serve [ARGS="--requests 200 --soak-requests 2000"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from .common import PHOTOS, ROOT, load_or_build, timed
+
+sys.path.insert(0, str(ROOT))
+from tests import images as odd_images  # noqa: E402  (the same odd inputs the tests use)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, model_path: str, batch_wait_ms: float, threads: int):
+        self.port = free_port()
+        env = {**os.environ, "CAPTIONER_MODEL": model_path, "PORT": str(self.port), "CAPTIONER_BIND": "127.0.0.1",
+               "CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads), "CAPTIONER_WORKERS": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
+                                      "service.app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if request(self.port, "GET", "/readyz")[0] == 200:
+                return
+            time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("server did not become ready")
+
+    def workers(self) -> list[int]:
+        out = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    out.append(int(pid))
+        return sorted(out)
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.workers():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None, ctype: str = "image/jpeg",
+            conn: http.client.HTTPConnection | None = None) -> tuple[int, float]:
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    t0 = time.perf_counter()
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": ctype} if body is not None else {})
+        resp = conn.getresponse()
+        resp.read()
+        status = resp.status
+    except (OSError, http.client.HTTPException):
+        status = 0
+    finally:
+        if own:
+            conn.close()
+    return status, time.perf_counter() - t0
+
+
+def load(port: int, bodies: list[tuple[str, bytes, str]], clients: int, time_limit: float) -> tuple[list, float]:
+    """Send every body once, spread over `clients` threads with keep-alive connections."""
+    results, lock, queue = [], threading.Lock(), list(enumerate(bodies))
+    deadline = time.time() + time_limit
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.time() < deadline:
+            with lock:
+                if not queue:
+                    break
+                _, (path, body, ctype) = queue.pop()
+            status, secs = request(port, "POST", path, body, ctype, conn)
+            if status == 0:
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            with lock:
+                results.append((status, secs))
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else values[0] * 1000
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None)
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--soak-requests", type=int, default=2000)
+    p.add_argument("--time-limit", type=float, default=600)
+    args = p.parse_args()
+    model, model_path = load_or_build(args.model)
+    if not Path(model_path).is_file():
+        sys.exit("bench-serve needs a checkpoint: pass --model or ship models/flickr8k.safetensors")
+    photos = [ph.read_bytes() for ph in PHOTOS]
+    good = [("/v1/captions", photos[i % 2], "image/jpeg") for i in range(args.requests)]
+    print(f"model {model_path}; {args.requests} requests per run, {args.clients} clients, {os.cpu_count()} cores")
+
+    rates = {}
+    for label, wait in (("batching on (5 ms)", 5.0), ("batching off", 0.0)):
+        srv = Server(model_path, wait, threads=args.clients)
+        try:
+            load(srv.port, good[:16], args.clients, 60)  # warm-up
+            results, secs = load(srv.port, good, args.clients, args.time_limit)
+        finally:
+            srv.stop()
+        lat = [s for code, s in results if code == 200]
+        errors = sum(code != 200 for code, _ in results)
+        rates[label] = len(lat) / secs
+        print(f"{label:>20}: {rates[label]:6.1f} req/s  p50 {pct(lat, 50):6.0f} ms  p90 {pct(lat, 90):6.0f} ms  "
+              f"p99 {pct(lat, 99):6.0f} ms  errors {errors}")
+    print(f"micro-batching throughput ratio (on / off): {rates['batching on (5 ms)'] / rates['batching off']:.2f}x")
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    bare = timed(lambda: model.caption([photos[0]], method="beam", beam_size=3), repeat=20, warmup=3)
+    srv = Server(model_path, 5.0, threads=4)
+    try:
+        single = statistics.median([request(srv.port, "POST", "/v1/captions", photos[0])[1] for _ in range(20)])
+    finally:
+        srv.stop()
+    print(f"single request: HTTP {1000 * single:.1f} ms vs bare Captioner.caption {1000 * bare:.1f} ms "
+          f"-> service overhead {single / bare:.2f}x ({1000 * (single - bare):.1f} ms)")
+
+    rng = random.Random(0)
+    bad = [("/v1/captions", odd_images.truncated_jpeg(), "image/jpeg"), ("/v1/captions", b"plain text", "image/jpeg"),
+           ("/v1/captions", odd_images.png_bomb(), "image/png"), ("/v1/captions", b"", "image/jpeg"),
+           ("/v1/captions?beam_size=99", photos[0], "image/jpeg"), ("/v1/captions?temperature=nan&method=sample", photos[1], "image/jpeg"),
+           ("/v1/captions", b"{\"image\": 12}", "application/json"), ("/v1/captions", b"x", "text/html")]
+    mix = [good[i % len(good)] if rng.random() < 0.6 else rng.choice(bad) for i in range(args.soak_requests)]
+    srv = Server(model_path, 5.0, threads=32)
+    try:
+        before_workers, before_rss = srv.workers(), srv.rss_mb()
+        results, secs = load(srv.port, mix, 32, args.time_limit)
+        after_workers, after_rss = srv.workers(), srv.rss_mb()
+    finally:
+        srv.stop()
+    codes: dict[int, int] = {}
+    for code, _ in results:
+        codes[code] = codes.get(code, 0) + 1
+    five = sum(n for c, n in codes.items() if c >= 500 or c == 0)
+    print(f"soak: {len(results)} requests from 32 clients in {secs:.0f} s, status counts {dict(sorted(codes.items()))}; "
+          f"5xx/connection errors {five}; worker restarts {0 if before_workers == after_workers else 'YES'} "
+          f"(pids {before_workers} -> {after_workers}); worker RSS {before_rss:.0f} MB -> {after_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
