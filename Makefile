@@ -15,6 +15,8 @@ IMAGE ?= captioner:latest
 export MALLOC_MMAP_THRESHOLD_ ?= 1000000000
 export MALLOC_TRIM_THRESHOLD_ ?= 1000000000
 export MALLOC_TOP_PAD_ ?= 268435456
+# ... and cap glibc's per-thread arenas: the service runs many request threads per worker.
+export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 

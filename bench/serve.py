@@ -3,8 +3,8 @@
 * throughput: N concurrent clients send real photos for a fixed count; requests/s, p50/p90/p99 and errors,
   batching on vs off (ratio);
 * overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio);
-* soak: 32 clients, a few thousand requests mixing good and bad inputs: 5xx count, worker restarts, and the
-  worker's resident memory at the start and the end.
+* soak: 32 clients, twice `--soak-requests` requests mixing good and bad inputs: 5xx count, worker restarts,
+  and the worker's resident memory after a warm-up, half way and at the end.
 Every loop is bounded by a request count and a time limit; it stops by itself.
 
     make bench-serve [ARGS="--requests 200 --soak-requests 2000"]
@@ -182,8 +182,13 @@ def main() -> None:
     mix = [good[i % len(good)] if rng.random() < 0.6 else rng.choice(bad) for i in range(args.soak_requests)]
     srv = Server(model_path, 5.0, threads=32)
     try:
+        boot_rss = srv.rss_mb()
+        load(srv.port, mix[:300], 32, 120)  # warm-up: every request thread and allocator arena exists
         before_workers, before_rss = srv.workers(), srv.rss_mb()
         results, secs = load(srv.port, mix, 32, args.time_limit)
+        mid_rss = srv.rss_mb()
+        results2, secs2 = load(srv.port, mix, 32, args.time_limit)
+        results, secs = results + results2, secs + secs2
         after_workers, after_rss = srv.workers(), srv.rss_mb()
     finally:
         srv.stop()
@@ -193,7 +198,9 @@ def main() -> None:
     five = sum(n for c, n in codes.items() if c >= 500 or c == 0)
     print(f"soak: {len(results)} requests from 32 clients in {secs:.0f} s, status counts {dict(sorted(codes.items()))}; "
           f"5xx/connection errors {five}; worker restarts {0 if before_workers == after_workers else 'YES'} "
-          f"(pids {before_workers} -> {after_workers}); worker RSS {before_rss:.0f} MB -> {after_rss:.0f} MB")
+          f"(pids {before_workers} -> {after_workers})")
+    print(f"worker RSS: {boot_rss:.0f} MB after boot, {before_rss:.0f} MB after a 300-request warm-up, "
+          f"{mid_rss:.0f} MB after {len(mix)} more, {after_rss:.0f} MB after {len(mix)} more")
 
 
 if __name__ == "__main__":
