@@ -18,7 +18,8 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = "captioner-checkpoint"
 FORMAT_VERSION = 1
-_META_KEYS = ("encoder", "decoder", "vocab", "preprocess", "metrics", "info")
+_META_KEYS = ("encoder", "decoder", "vocab", "preprocess", "metrics", "info", "decoding")
+_OPTIONAL = {"decoding": {}}  # keys added after version 1 shipped: absent means the default
 
 
 class CheckpointError(ValueError):
@@ -34,6 +35,7 @@ class Checkpoint:
     preprocess: dict  # PreprocessConfig fields
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # training config, data, timings: free-form, for humans
+    decoding: dict = field(default_factory=dict)  # default beam-search settings chosen on validation data
 
     def part(self, prefix: str) -> dict[str, torch.Tensor]:
         n = len(prefix) + 1
@@ -97,7 +99,7 @@ def load(path: str | Path) -> Checkpoint:
     if version != str(FORMAT_VERSION):
         raise CheckpointError(f"{path}: checkpoint format version {version}, this captioner reads {FORMAT_VERSION}")
     try:
-        fields = {key: json.loads(metadata[key]) for key in _META_KEYS}
+        fields = {key: json.loads(metadata[key]) if key in metadata else _OPTIONAL[key] for key in _META_KEYS}
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: metadata is missing or malformed ({exc})") from exc
     tensors = {k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()}

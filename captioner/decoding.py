@@ -22,6 +22,7 @@ NEG_INF = float("-inf")
 class Hypothesis:
     tokens: list[int]  # word ids, without <start> and <end>
     log_prob: float  # sum of the model's log-probabilities of the words and of <end> when finished
+    # (suppressed words are never chosen, but probabilities are not renormalised over the rest)
     finished: bool  # False when max_length was reached before <end>
 
 
@@ -83,6 +84,7 @@ def sequential_decode(
     top_p: float = 1.0,
     seeds: Sequence[int | None] | int | None = None,
     no_repeat_ngram_size: int = 0,
+    suppress_ids: Sequence[int] = (),
 ) -> list[Hypothesis]:
     """Greedy (argmax) or sampled decoding, one hypothesis per image.
 
@@ -102,6 +104,7 @@ def sequential_decode(
     for t in range(max_length):
         logits, state = decoder.step(tokens, state)
         lp = F.log_softmax(logits.float(), dim=-1)
+        lp[:, list(suppress_ids)] = NEG_INF
         if t < min_length:
             lp[:, end_id] = NEG_INF
         _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
@@ -140,6 +143,7 @@ def beam_search(
     min_length: int = 0,
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
+    suppress_ids: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of images; returns the `n_best` hypotheses of each, best first.
 
@@ -168,6 +172,7 @@ def beam_search(
         logits, state = decoder.step(tokens, state)
         lp = F.log_softmax(logits.float(), dim=-1)
         vocab = lp.size(1)
+        lp[:, list(suppress_ids)] = NEG_INF
         _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
         if t < min_length:
             lp[:, end_id] = NEG_INF

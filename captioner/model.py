@@ -58,6 +58,7 @@ class Captioner:
         metrics: dict | None = None,
         info: dict | None = None,
         checkpoint_sha256: str | None = None,
+        decoding: dict | None = None,
     ):
         self.encoder = encoder.eval().to(memory_format=torch.channels_last)
         self.decoder = decoder.eval()
@@ -67,6 +68,7 @@ class Captioner:
         self.metrics = metrics or {}
         self.info = info or {}
         self.checkpoint_sha256 = checkpoint_sha256
+        self.decoding = dict(decoding or {})  # e.g. {"length_penalty": 1.0, "no_repeat_ngram_size": 3}
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -84,7 +86,7 @@ class Captioner:
         if decoder.cfg.vocab_size != len(vocab):
             raise ckpt_io.CheckpointError(f"{path}: decoder has {decoder.cfg.vocab_size} words, vocabulary {len(vocab)}")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest)
+        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding)
 
     def checkpoint(self, metrics: dict | None = None, info: dict | None = None) -> ckpt_io.Checkpoint:
         tensors = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
@@ -97,6 +99,7 @@ class Captioner:
             preprocess=self.preprocess_cfg.to_dict(),
             metrics=metrics if metrics is not None else self.metrics,
             info=info if info is not None else self.info,
+            decoding=self.decoding,
         )
 
     # -- inference --------------------------------------------------------------------------------
@@ -120,12 +123,22 @@ class Captioner:
         top_p: float = 1.0,
         seed: int | Sequence[int | None] | None = None,
         min_length: int = 0,
-        length_penalty: float = 0.0,
-        no_repeat_ngram_size: int = 0,
+        length_penalty: float | None = None,
+        no_repeat_ngram_size: int | None = None,
     ) -> list[list[Caption]]:
-        """Image vectors [N,D] -> per image, a list of captions (n_best of them for beam search)."""
+        """Image vectors [N,D] -> per image, a list of captions (n_best of them for beam search).
+
+        `length_penalty` and `no_repeat_ngram_size` default to the checkpoint's `decoding` settings
+        (chosen on validation data when it was trained), else 0 (off).
+        """
+        if length_penalty is None:
+            length_penalty = float(self.decoding.get("length_penalty", 0.0))
+        if no_repeat_ngram_size is None:
+            no_repeat_ngram_size = int(self.decoding.get("no_repeat_ngram_size", 0))
         ids = dict(start_id=self.vocab.start_id, end_id=self.vocab.end_id)
-        common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size)
+        v = self.vocab  # never emit <pad>, <start> or <unk>: a caption with "<unk>" in it helps no one
+        common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size,
+                      suppress_ids=(v.pad_id, v.start_id, v.unk_id))
         if method == "beam":
             hyps = beam_search(self.decoder, features, **ids, **common, beam_size=beam_size, n_best=n_best,
                                length_penalty=length_penalty)
@@ -166,6 +179,7 @@ class Captioner:
             "vocab_size": len(self.vocab),
             "preprocess": self.preprocess_cfg.to_dict(),
             "checkpoint_sha256": self.checkpoint_sha256,
+            "decoding_defaults": self.decoding,
             "metrics": self.metrics,
         }
 

@@ -131,3 +131,18 @@ def test_saved_checkpoints_are_readable_by_others(small_captioner, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_decoding_defaults_travel_in_the_checkpoint(small_captioner, tmp_path, cat_photo):
+    from dataclasses import replace as dc_replace
+
+    ck = small_captioner.checkpoint()
+    plain, tuned = tmp_path / "plain.safetensors", tmp_path / "tuned.safetensors"
+    save(plain, ck)
+    save(tuned, dc_replace(ck, decoding={"length_penalty": 2.0, "no_repeat_ngram_size": 1}))
+    a, b = captioner.load(plain), captioner.load(tuned)
+    assert a.decoding == {} and b.decoding == {"length_penalty": 2.0, "no_repeat_ngram_size": 1}
+    words = b.caption([cat_photo], beam_size=3)[0][0].tokens
+    assert len(words) == len(set(words))  # no_repeat_ngram_size=1 from the checkpoint: no word twice
+    explicit = b.caption([cat_photo], beam_size=3, length_penalty=0.0, no_repeat_ngram_size=0)[0][0]
+    assert explicit.text == a.caption([cat_photo], beam_size=3)[0][0].text  # explicit options win

@@ -147,3 +147,17 @@ def test_argument_validation():
         beam_search(dec, feats(1), START, END, beam_size=2, n_best=3)
     with pytest.raises(ValueError):
         sequential_decode(dec, feats(1), START, END, max_length=0)
+
+
+def test_suppressed_words_are_never_produced():
+    dec = tiny_decoder(12)
+    with torch.no_grad():
+        dec.out.bias[3] = 50.0  # the model loves word 3 (<unk> in a real vocabulary)
+    v = feats(3)
+    assert all(h.tokens and set(h.tokens) == {3} for h in sequential_decode(dec, v, START, END, max_length=4))
+    for h in sequential_decode(dec, v, START, END, max_length=4, suppress_ids=(0, 1, 3)):
+        assert 3 not in h.tokens
+    for h in sequential_decode(dec, v, START, END, max_length=4, sample=True, seeds=1, suppress_ids=(3,)):
+        assert 3 not in h.tokens
+    for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=3, max_length=4, suppress_ids=(0, 1, 3)):
+        assert all(3 not in h.tokens for h in hyps)

@@ -55,6 +55,9 @@ class TrainConfig:
     val_beam_size: int = 1
     val_max_images: int = 0  # 0 = all
     final_beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5])
+    # decoding defaults stored in the exported model (beam search; greedy and sampling ignore the penalty)
+    length_penalty: float = 0.0
+    no_repeat_ngram_size: int = 0
     # run
     out_dir: str = "runs/flickr8k"
     cache_dir: str = "cache/features"

@@ -196,14 +196,16 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list[list
 
 # -- evaluation -----------------------------------------------------------------------------------
 def decode_features(decoder: CaptionDecoder, feats: torch.Tensor, vocab: Vocabulary, beam_size: int,
-                    max_words: int, batch: int = 250) -> list[str]:
+                    max_words: int, batch: int = 250, length_penalty: float = 0.0, no_repeat_ngram_size: int = 0) -> list[str]:
     decoder.eval()
     out = []
     for chunk in feats.split(batch):
         if beam_size <= 1:
-            hyps = sequential_decode(decoder, chunk, vocab.start_id, vocab.end_id, max_words)
+            hyps = sequential_decode(decoder, chunk, vocab.start_id, vocab.end_id, max_words,
+                                     no_repeat_ngram_size=no_repeat_ngram_size)
         else:
-            hyps = [h[0] for h in beam_search(decoder, chunk, vocab.start_id, vocab.end_id, beam_size, 1, max_words)]
+            hyps = [h[0] for h in beam_search(decoder, chunk, vocab.start_id, vocab.end_id, beam_size, 1, max_words,
+                                              length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)]
         out.extend(" ".join(vocab.decode(h.tokens)) for h in hyps)
     return out
 
@@ -424,16 +426,17 @@ class Trainer:
         best = load_ckpt(self.out / "best.safetensors")
         self.decoder.load_state_dict(best.part("decoder"))
         final = {}
+        decoding = {"length_penalty": self.cfg.length_penalty, "no_repeat_ngram_size": self.cfg.no_repeat_ngram_size}
         for k in self.cfg.final_beam_sizes:
-            caps = decode_features(self.decoder, self.val_feats, self.vocab, k, self.cfg.max_caption_words)
+            caps = decode_features(self.decoder, self.val_feats, self.vocab, k, self.cfg.max_caption_words, **decoding)
             final[f"beam{k}"] = score_captions(caps, self.val_refs)
             log.info("val, beam %d: %s", k, final[f"beam{k}"])
         metrics = {"split": self.cfg.val_split, "images": len(self.val_recs), "best_epoch": self.state["best_epoch"],
-                   "by_beam_size": final}
+                   "decoding": decoding, "by_beam_size": final}
         info = {"config": dataclasses.asdict(self.cfg), "train_images": len(self.train_recs),
                 "train_captions": len(self.tokens), "train_seconds": round(self.state["train_seconds"], 1),
                 "feature_seconds": round(self.feature_seconds, 1), "torch": torch.__version__}
-        cap = Captioner(self.encoder.cpu(), self.decoder.cpu(), self.vocab, self.pre, self.cfg.encoder)
+        cap = Captioner(self.encoder.cpu(), self.decoder.cpu(), self.vocab, self.pre, self.cfg.encoder, decoding=decoding)
         ck = cap.checkpoint(metrics=metrics, info=info)
         dtype = getattr(torch, self.cfg.export_dtype) if self.cfg.export_dtype else None
         save_checkpoint(self.out / "model.safetensors", ck, dtype=dtype)
