@@ -3,8 +3,8 @@
 * throughput: N concurrent clients send real photos for a fixed count; requests/s, p50/p90/p99 and errors,
   batching on vs off (ratio);
 * overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio);
-* soak: 32 clients, twice `--soak-requests` requests mixing good and bad inputs: 5xx count, worker restarts,
-  and the worker's resident memory after a warm-up, half way and at the end.
+* soak: 32 clients, `--soak-rounds` rounds of `--soak-requests` requests mixing good and bad inputs: 5xx
+  count, worker restarts, and the worker's resident memory after a warm-up and after every round.
 Every loop is bounded by a request count and a time limit; it stops by itself.
 
     make bench-serve [ARGS="--requests 200 --soak-requests 2000"]
@@ -139,7 +139,8 @@ def main() -> None:
     p.add_argument("--model", default=None)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--soak-requests", type=int, default=2000)
+    p.add_argument("--soak-requests", type=int, default=1500, help="requests per soak round")
+    p.add_argument("--soak-rounds", type=int, default=4)
     p.add_argument("--time-limit", type=float, default=600)
     args = p.parse_args()
     model, model_path = load_or_build(args.model)
@@ -185,11 +186,12 @@ def main() -> None:
         boot_rss = srv.rss_mb()
         load(srv.port, mix[:300], 32, 120)  # warm-up: every request thread and allocator arena exists
         before_workers, before_rss = srv.workers(), srv.rss_mb()
-        results, secs = load(srv.port, mix, 32, args.time_limit)
-        mid_rss = srv.rss_mb()
-        results2, secs2 = load(srv.port, mix, 32, args.time_limit)
-        results, secs = results + results2, secs + secs2
-        after_workers, after_rss = srv.workers(), srv.rss_mb()
+        results, secs, rss = [], 0.0, []
+        for _ in range(args.soak_rounds):
+            part, part_secs = load(srv.port, mix, 32, args.time_limit)
+            results, secs = results + part, secs + part_secs
+            rss.append(srv.rss_mb())
+        after_workers = srv.workers()
     finally:
         srv.stop()
     codes: dict[int, int] = {}
@@ -199,8 +201,8 @@ def main() -> None:
     print(f"soak: {len(results)} requests from 32 clients in {secs:.0f} s, status counts {dict(sorted(codes.items()))}; "
           f"5xx/connection errors {five}; worker restarts {0 if before_workers == after_workers else 'YES'} "
           f"(pids {before_workers} -> {after_workers})")
-    print(f"worker RSS: {boot_rss:.0f} MB after boot, {before_rss:.0f} MB after a 300-request warm-up, "
-          f"{mid_rss:.0f} MB after {len(mix)} more, {after_rss:.0f} MB after {len(mix)} more")
+    print(f"worker RSS: {boot_rss:.0f} MB after boot, {before_rss:.0f} MB after a 300-request warm-up, then after "
+          f"each round of {len(mix)}: " + ", ".join(f"{x:.0f}" for x in rss) + " MB")
 
 
 if __name__ == "__main__":
