@@ -66,6 +66,7 @@ class CaptionDecoder(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+        self._table_key: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -118,21 +119,71 @@ class CaptionDecoder(nn.Module):
             _, hidden = self.rnn(image.unsqueeze(1))
             return self._pack(hidden, None)
         zeros = features.new_zeros(layers, n, hdim)
-        return self._pack((zeros, zeros.clone()) if self.cfg.cell == "lstm" else zeros, image)
+        state = self._pack((zeros, zeros.clone()) if self.cfg.cell == "lstm" else zeros, image)
+        if self._fast():
+            state["image_gates"] = image @ self.rnn.weight_ih_l0[:, self.cfg.embed_dim :].T
+        return state
+
+    # -- inference fast path ----------------------------------------------------------------------
+    # At batch 1 a decoding step is memory-bound: the fused cell re-reads its whole input weight every
+    # step. But a word's contribution to the gates, W_x embed(w) + biases, depends on the word alone, and
+    # the image's, W_ih v, on the image alone: both are computed once (a vocabulary x gates table, and
+    # per-image offsets), leaving h W_hh as the only matrix product per step. Same equations as the
+    # fused module (tests compare them); used only without gradients, for single-layer decoders.
+    def _fast(self) -> bool:
+        return not self.training and not torch.is_grad_enabled() and self.cfg.num_layers == 1
+
+    def _word_gates(self) -> torch.Tensor:
+        w_ih, emb = self.rnn.weight_ih_l0, self.embed.weight
+        key = (w_ih.data_ptr(), w_ih._version, emb.data_ptr(), emb._version, self.rnn.bias_ih_l0._version)
+        if self._table_key != key:
+            table = emb @ w_ih[:, : self.cfg.embed_dim].T + self.rnn.bias_ih_l0
+            if self.cfg.cell != "gru":  # GRU keeps b_hn inside the reset gate's product
+                table = table + self.rnn.bias_hh_l0
+            self._table, self._table_key = table, key
+        return self._table
+
+    def _fast_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        gx = self._word_gates().index_select(0, tokens)
+        if "image_gates" in state:
+            gx = gx + state["image_gates"]
+        h = state["h"][0]
+        gh = h @ self.rnn.weight_hh_l0.T
+        new = dict(state)
+        if self.cfg.cell == "lstm":
+            i, f, g, o = (gx + gh).chunk(4, dim=1)
+            c = torch.sigmoid(f) * state["c"][0] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            new["c"] = c.unsqueeze(0)
+        elif self.cfg.cell == "gru":
+            gh = gh + self.rnn.bias_hh_l0
+            rx, zx, nx = gx.chunk(3, dim=1)
+            rh, zh, nh = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(rx + rh), torch.sigmoid(zx + zh)
+            h = (1 - z) * torch.tanh(nx + r * nh) + z * h
+        else:
+            h = torch.tanh(gx + gh)
+        new["h"] = h.unsqueeze(0)
+        return self.out(h), new
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Feed one token per row [N]; return next-word logits [N, V] and the new state."""
+        if self._fast() and (self.cfg.conditioning == "first_input" or "image_gates" in state):
+            return self._fast_step(tokens, state)
         x = self.embed(tokens).unsqueeze(1)
         if "image" in state:
             x = torch.cat([x, state["image"].unsqueeze(1)], dim=2)
         hidden = (state["h"], state["c"]) if "c" in state else state["h"]
         out, hidden = self.rnn(x, hidden)
-        return self.out(out[:, 0]), self._pack(hidden, state.get("image"))
+        new = self._pack(hidden, state.get("image"))
+        if "image_gates" in state:
+            new["image_gates"] = state["image_gates"]
+        return self.out(out[:, 0]), new
 
     @staticmethod
     def reorder(state: State, index: torch.Tensor) -> State:
         """Select rows of a state (beam search keeps, duplicates and drops hypotheses)."""
-        return {k: v.index_select(0 if k == "image" else 1, index) for k, v in state.items()}
+        return {k: v.index_select(0 if k in ("image", "image_gates") else 1, index) for k, v in state.items()}
 
     @staticmethod
     def _pack(hidden, image: torch.Tensor | None) -> State:

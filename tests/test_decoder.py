@@ -127,3 +127,23 @@ def test_image_vectors_are_standardised_with_training_statistics():
     torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
     torch.testing.assert_close(dec.project_image(train), dec.image_proj(z))
     assert "feature_mean" in dec.state_dict()  # travels inside the checkpoint
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("conditioning", ["every_step", "first_input"])
+def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
+    """Decoding without gradients precomputes word and image gate contributions; it must compute the
+    same thing as the fused cell, step after step, and notice when the weights change."""
+    dec = tiny_decoder(40, cell=cell, conditioning=conditioning, feature_dim=24, hidden=H)
+    v, toks = torch.randn(3, 24), [torch.tensor([1, 1, 1]), torch.tensor([5, 6, 7]), torch.tensor([8, 9, 4])]
+    for _ in range(2):
+        with torch.no_grad():
+            fast_state, slow_state = dec.start(v), dec.start(v)
+            slow_state.pop("image_gates", None)
+            for tok in toks:
+                fast, fast_state = dec.step(tok, fast_state)
+                with torch.enable_grad():  # the fused path
+                    slow, slow_state = dec.step(tok, slow_state)
+                torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)
+        with torch.no_grad():
+            dec.embed.weight.mul_(1.5)  # the cached word table must follow the new weights
