@@ -128,11 +128,11 @@ def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
         img = img.resize((nw, nh), Image.BICUBIC)
         left, top = (nw - s) // 2, (nh - s) // 2
         img = img.crop((left, top, left + s, top + s))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    mean = torch.tensor(cfg.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(cfg.std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std
+    # numpy, not torch: request threads then never start OpenMP teams that would compete with the
+    # batch thread's for the cores.
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(cfg.mean, dtype=np.float32)) / np.asarray(cfg.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
 def preprocess(source: ImageInput, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
