@@ -122,13 +122,8 @@ def sequential_decode(
         tokens = choice
         if bool(done.all()):
             break
-    results = []
-    for row, fin in zip(out.tolist(), done.tolist()):
-        words = row[: row.index(end_id)] if end_id in row else row
-        results.append(Hypothesis(words, 0.0, fin))
-    for r, lp_sum in zip(results, log_prob.tolist()):
-        r.log_prob = lp_sum
-    return results
+    return [Hypothesis(row[: row.index(end_id)] if end_id in row else row, lp_sum, fin)
+            for row, lp_sum, fin in zip(out.tolist(), log_prob.tolist(), done.tolist())]
 
 
 @torch.inference_mode()

@@ -90,7 +90,7 @@ def read_request() -> tuple[bytes, dict]:
         upload = request.files.get("image")
         if upload is None:
             raise ApiError(400, "missing_image", "multipart body needs a file field named 'image'")
-        options.update({k: v for k, v in _first_values(request.form).items()})
+        options.update(_first_values(request.form))
         return upload.read(), options
     if mimetype == "application/json":
         body = request.get_json(silent=True)

@@ -1,6 +1,7 @@
 """The HTTP service through Flask's test client: every endpoint, every error, batching invariance."""
 
 import base64
+import io
 import threading
 
 import jsonschema
@@ -36,7 +37,7 @@ def check_schema(body: dict, name: str) -> None:
 
 
 def post_multipart(client, data: bytes, **fields):
-    return client.post("/v1/captions", data={"image": (__import__("io").BytesIO(data), "photo.jpg"), **fields},
+    return client.post("/v1/captions", data={"image": (io.BytesIO(data), "photo.jpg"), **fields},
                        content_type="multipart/form-data")
 
 
@@ -116,7 +117,7 @@ def test_odd_but_valid_images_are_captioned(client, make):
 
 
 def test_request_shape_errors(client, cat_photo):
-    r = client.post("/v1/captions", data={"file": (__import__("io").BytesIO(b"x"), "a.jpg")}, content_type="multipart/form-data")
+    r = client.post("/v1/captions", data={"file": (io.BytesIO(b"x"), "a.jpg")}, content_type="multipart/form-data")
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "missing_image"
     assert client.post("/v1/captions").status_code == 400
     assert client.post("/v1/captions", data="{not json", content_type="application/json").status_code == 400

@@ -23,10 +23,6 @@ from .metrics import coco_scores
 log = logging.getLogger("training.evaluate")
 
 
-def score_captions(candidates: list[str], references: list[list[str]]) -> dict:
-    return coco_scores(candidates, references)
-
-
 def caption_records(model, records, beam_size: int, max_length: int, batch_size: int = 32, num_workers: int = 2) -> list[str]:
     loader = torch.utils.data.DataLoader(_Images([r.image_path for r in records], model.preprocess_cfg),
                                          batch_size=batch_size, num_workers=num_workers)
@@ -59,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = load(args.model)
     caps = caption_records(model, records, args.beam_size, args.max_length, num_workers=args.num_workers)
-    scores = score_captions(caps, [list(r.captions) for r in records])
+    scores = coco_scores(caps, [list(r.captions) for r in records])
     result = {"split": args.split, "images": len(records), "beam_size": args.beam_size, **scores}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from captioner.checkpoint import atomic_write
+from captioner.checkpoint import load as load_checkpoint
 from captioner.checkpoint import save as save_checkpoint
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.decoding import beam_search, sequential_decode
@@ -37,7 +38,7 @@ from . import config as config_mod
 from .config import TrainConfig
 from .datasets import DataError, Record, check_images, read_records
 from .features import build_or_load, cache_root, file_digest, is_complete
-from .metrics import CiderD, quick_scores
+from .metrics import CiderD, coco_scores, quick_scores
 from .report import write_model_card, write_plot
 
 log = logging.getLogger("training")
@@ -304,7 +305,7 @@ class Trainer:
         self.decoder.to(self.device)
 
     # -- loops --
-    def _shard(self, items: list) -> list:
+    def _shard(self, items):
         """This rank's share; every rank gets the same count, so collectives stay in step (DDP)."""
         per_rank = len(items) // self.dist.world
         return items[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
@@ -345,7 +346,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.cat(self._shard(list(torch.randperm(len(self.train_recs), generator=g).split(1))))
+        order = self._shard(torch.randperm(len(self.train_recs), generator=g))
         self.model.train()
         t0, rew_sum, n = time.perf_counter(), 0.0, 0
         bar = tqdm(order.split(cfg.scst_batch_images), desc=f"scst {epoch + 1}", unit="batch",
@@ -378,6 +379,7 @@ class Trainer:
                 if n_epochs <= 0:
                     break
                 self._load_best_decoder()  # fine-tune the best cross-entropy model, not the last one
+                self.opt = torch.optim.AdamW(self.decoder.parameters(), lr=cfg.scst_lr, weight_decay=cfg.weight_decay)
                 st.update(phase="scst", epoch=0, bad_epochs=0)
             if st["phase"] != phase:
                 continue
@@ -412,24 +414,16 @@ class Trainer:
         self.dist.barrier()
 
     def _load_best_decoder(self) -> None:
-        from captioner.checkpoint import load as load_ckpt
-
-        self.decoder.load_state_dict(load_ckpt(self.out / "best.safetensors").part("decoder"))
-        self.opt = torch.optim.AdamW(self.decoder.parameters(), lr=self.cfg.scst_lr, weight_decay=self.cfg.weight_decay)
+        self.decoder.load_state_dict(load_checkpoint(self.out / "best.safetensors").part("decoder"))
 
     def finish(self) -> dict:
         """Score the best model on the val split at each beam size, export it, write card and plot."""
-        from captioner.checkpoint import load as load_ckpt
-
-        from .evaluate import score_captions
-
-        best = load_ckpt(self.out / "best.safetensors")
-        self.decoder.load_state_dict(best.part("decoder"))
+        self._load_best_decoder()
         final = {}
         decoding = {"length_penalty": self.cfg.length_penalty, "no_repeat_ngram_size": self.cfg.no_repeat_ngram_size}
         for k in self.cfg.final_beam_sizes:
             caps = decode_features(self.decoder, self.val_feats, self.vocab, k, self.cfg.max_caption_words, **decoding)
-            final[f"beam{k}"] = score_captions(caps, self.val_refs)
+            final[f"beam{k}"] = coco_scores(caps, self.val_refs)
             log.info("val, beam %d: %s", k, final[f"beam{k}"])
         metrics = {"split": self.cfg.val_split, "images": len(self.val_recs), "best_epoch": self.state["best_epoch"],
                    "decoding": decoding, "by_beam_size": final}
