@@ -9,13 +9,14 @@ import pytest
 import torch
 
 import captioner
+from captioner.checkpoint import load as load_checkpoint
 from captioner.encoders import create_encoder
 from captioner.preprocess import PreprocessConfig
 from training import demo
 from training.config import TrainConfig, load_config
 from training.features import build_or_load
 from training.metrics import quick_scores
-from training.train import Trainer, decode_features
+from training.train import Trainer, decode_features, scst_advantages
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +32,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
     base = load_config("configs/demo.toml")
     return replace(base, data_dir=str(demo_dir), cache_dir=str(cache_dir), out_dir=str(out), progress=False,
-                   scst_epochs=0, **kw)
+                   **{"scst_epochs": 0, **kw})
 
 
 def train_bleu(trainer: Trainer) -> float:
@@ -99,6 +100,50 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(demo_dir, cache_
     for (name, a), b in zip(full.decoder.state_dict().items(), second.decoder.state_dict().values()):
         assert torch.equal(a, b), name
     assert [h["train_loss"] for h in full.state["history"]] == [h["train_loss"] for h in second.state["history"]]
+
+
+def test_blind_baseline_exports_a_model_that_ignores_the_photo(demo_dir, cache_dir, tmp_path):
+    trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path, epochs=3, blind=True, final_beam_sizes=[1]))
+    trainer.fit()
+    trainer.finish()
+    model = captioner.load(tmp_path / "model.safetensors")
+    photos = sorted((demo_dir / "images").iterdir())[:4]
+    scores = [c[0].log_prob for c in model.caption(photos, method="greedy")]
+    assert max(scores) - min(scores) < 1e-4, scores  # the same caption, equally likely, for every photo
+
+
+def test_scst_baselines():
+    scores = torch.tensor([[0.2, 0.4, 0.9], [1.0, 1.0, 1.0]])
+    mean = scst_advantages(scores, "mean")
+    assert mean[0, 0].item() == pytest.approx(0.2 - (0.4 + 0.9) / 2)  # each sample against the other two
+    assert mean[0, 2].item() == pytest.approx(0.9 - (0.2 + 0.4) / 2)
+    torch.testing.assert_close(mean.sum(1), torch.zeros(2))  # no extra push up or down per image
+    assert torch.equal(mean[1], torch.zeros(3))  # equally good samples: nothing to learn
+    greedy = scst_advantages(scores, "greedy", torch.tensor([0.5, 1.5]))
+    torch.testing.assert_close(greedy, torch.tensor([[-0.3, -0.1, 0.4], [-0.5, -0.5, -0.5]]))
+    with pytest.raises(ValueError, match="greedy captions"):
+        scst_advantages(scores, "greedy")
+    with pytest.raises(ValueError, match="scst_baseline"):
+        TrainConfig(scst_baseline="median")
+
+
+def test_scst_warm_start_from_a_checkpoint_raises_the_sample_reward(demo_dir, cache_dir, tmp_path):
+    xe = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "xe", epochs=8))
+    xe.out.mkdir()
+    xe.fit()
+    best = xe.out / "best.safetensors"
+    kw = dict(epochs=0, scst_epochs=4, scst_baseline="mean", scst_lr=5e-4, patience=10, init_from=str(best))
+    rl = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "rl", **kw))
+    for name, value in load_checkpoint(best).part("decoder").items():
+        assert torch.equal(rl.decoder.state_dict()[name], value), name  # starts exactly where XE ended
+    rl.out.mkdir()
+    rl.fit()
+    assert [h["phase"] for h in rl.state["history"]] == ["scst"] * 4
+    rewards = [h["scst_sample_cider"] for h in rl.state["history"]]
+    assert rewards[-1] > rewards[0], rewards
+
+    with pytest.raises(SystemExit, match="vocabulary or decoder config differs"):
+        Trainer(demo_config(demo_dir, cache_dir, tmp_path / "other", hidden_dim=64, init_from=str(best)))
 
 
 class CountingEncoder(torch.nn.Module):

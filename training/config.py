@@ -51,6 +51,8 @@ class TrainConfig:
     scst_lr: float = 5e-5
     scst_samples: int = 5
     scst_batch_images: int = 32
+    scst_baseline: str = "greedy"  # greedy: the greedy caption's reward (Rennie et al.); mean: the other samples' mean (Luo 2020)
+    scst_max_words: int = 0  # sampled caption length during SCST; 0 = max_caption_words
     # evaluation during training: real decoding, never teacher-forced output
     val_beam_size: int = 1
     val_max_images: int = 0  # 0 = all
@@ -63,12 +65,19 @@ class TrainConfig:
     cache_dir: str = "cache/features"
     seed: int = 1234
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    amp: bool = True  # bf16 autocast on CUDA, and on CPUs with native bf16 (avx512_bf16/AMX); fp32 elsewhere
+    init_from: str = ""  # start from this checkpoint's decoder (same vocabulary and decoder config) instead of random
     num_workers: int = 2
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     export_dtype: str = "float16"  # dtype of the shipped checkpoint's weights
     blind: bool = False  # zero the image vector: the no-image baseline
     progress: bool = True
+
+    def __post_init__(self):  # fail before the features are built, not an hour into training
+        if self.scst_baseline not in ("greedy", "mean"):
+            raise ValueError(f"scst_baseline must be 'greedy' or 'mean', got {self.scst_baseline!r}")
+        if self.scst_baseline == "mean" and self.scst_epochs > 0 and self.scst_samples < 2:
+            raise ValueError("scst_baseline = 'mean' needs scst_samples >= 2")
 
 
 def _parse_value(kind, text: str):
