@@ -230,3 +230,24 @@ def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
     assert [json.loads(x)["phase"] for x in lines] == ["xe", "xe", "xe", "scst"]
     assert "x2" in proc.stderr  # the log names the world size
     assert captioner.load(out / "model.safetensors").decoder.cfg.cell == "lstm"
+
+
+def test_evaluate_command_scores_a_split_with_decoding_overrides(demo_dir, cache_dir, tmp_path, capsys):
+    from training import evaluate
+
+    trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path, epochs=3, final_beam_sizes=[1]))
+    trainer.fit()
+    trainer.finish()
+    args = ["--model", str(tmp_path / "model.safetensors"), "--format", "flickr8k", "--data-dir", str(demo_dir),
+            "--split", "dev", "--beam-size", "3", "--length-penalty", "0.5", "--no-repeat-ngram", "2",
+            "--out", str(tmp_path / "m.json"), "--captions-out", str(tmp_path / "c.json")]
+    assert evaluate.main(args) == 0
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["images"] == len(trainer.val_recs) and result["beam_size"] == 3
+    assert result["length_penalty"] == 0.5 and result["no_repeat_ngram_size"] == 2
+    assert 0 <= result["BLEU-4"] <= 100 and result["CIDEr"] >= 0
+    captions = json.loads((tmp_path / "c.json").read_text())
+    assert len(captions) == result["images"] and all(c["caption"] for c in captions)
+
+    assert evaluate.main(args[:4] + ["--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "error:" in capsys.readouterr().err

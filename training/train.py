@@ -491,7 +491,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    cfg = config_mod.from_args(args)
+    try:
+        cfg = config_mod.from_args(args)
+    except (ValueError, OSError) as exc:  # unknown keys, bad choices, unreadable TOML: one line, no traceback
+        parser.error(str(exc))
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
