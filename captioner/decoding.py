@@ -45,6 +45,14 @@ def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int)
     log_probs.masked_fill_(hits > 0, NEG_INF)
 
 
+def _ban_end_after(log_probs: torch.Tensor, previous: torch.Tensor, no_end_after: Sequence[int], end_id: int) -> None:
+    """Forbid, in place, <end> right after any of the `no_end_after` words (e.g. "a", "in", "the"), so a
+    caption cannot stop mid-phrase; CIDEr-trained models otherwise do ("a girl is playing in the")."""
+    if no_end_after:
+        banned = torch.isin(previous, torch.as_tensor(list(no_end_after), device=previous.device))
+        log_probs[:, end_id] = log_probs[:, end_id].masked_fill(banned, NEG_INF)
+
+
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k > 0 and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
@@ -85,6 +93,7 @@ def sequential_decode(
     seeds: Sequence[int | None] | int | None = None,
     no_repeat_ngram_size: int = 0,
     suppress_ids: Sequence[int] = (),
+    no_end_after: Sequence[int] = (),
 ) -> list[Hypothesis]:
     """Greedy (argmax) or sampled decoding, one hypothesis per image.
 
@@ -105,6 +114,7 @@ def sequential_decode(
         logits, state = decoder.step(tokens, state)
         lp = F.log_softmax(logits.float(), dim=-1)
         lp[:, list(suppress_ids)] = NEG_INF
+        _ban_end_after(lp, tokens, no_end_after, end_id)
         if t < min_length:
             lp[:, end_id] = NEG_INF
         _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
@@ -139,6 +149,7 @@ def beam_search(
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     suppress_ids: Sequence[int] = (),
+    no_end_after: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of images; returns the `n_best` hypotheses of each, best first.
 
@@ -168,6 +179,7 @@ def beam_search(
         lp = F.log_softmax(logits.float(), dim=-1)
         vocab = lp.size(1)
         lp[:, list(suppress_ids)] = NEG_INF
+        _ban_end_after(lp, tokens, no_end_after, end_id)
         _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
         if t < min_length:
             lp[:, end_id] = NEG_INF

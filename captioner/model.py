@@ -125,20 +125,24 @@ class Captioner:
         min_length: int = 0,
         length_penalty: float | None = None,
         no_repeat_ngram_size: int | None = None,
+        no_end_after: Sequence[str] | None = None,
     ) -> list[list[Caption]]:
         """Image vectors [N,D] -> per image, a list of captions (n_best of them for beam search).
 
-        `length_penalty` and `no_repeat_ngram_size` default to the checkpoint's `decoding` settings
-        (chosen on validation data when it was trained), else 0 (off).
+        `length_penalty`, `no_repeat_ngram_size` and `no_end_after` (words a caption may not end on) default
+        to the checkpoint's `decoding` settings (chosen when it was trained), else off.
         """
         if length_penalty is None:
             length_penalty = float(self.decoding.get("length_penalty", 0.0))
         if no_repeat_ngram_size is None:
             no_repeat_ngram_size = int(self.decoding.get("no_repeat_ngram_size", 0))
+        if no_end_after is None:
+            no_end_after = self.decoding.get("no_end_after", ())
         ids = dict(start_id=self.vocab.start_id, end_id=self.vocab.end_id)
         v = self.vocab  # never emit <pad>, <start> or <unk>: a caption with "<unk>" in it helps no one
         common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size,
-                      suppress_ids=(v.pad_id, v.start_id, v.unk_id))
+                      suppress_ids=(v.pad_id, v.start_id, v.unk_id),
+                      no_end_after=[v.stoi[w] for w in no_end_after if w in v.stoi])
         if method == "beam":
             hyps = beam_search(self.decoder, features, **ids, **common, beam_size=beam_size, n_best=n_best,
                                length_penalty=length_penalty)

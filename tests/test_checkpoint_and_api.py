@@ -146,3 +146,24 @@ def test_decoding_defaults_travel_in_the_checkpoint(small_captioner, tmp_path, c
     assert len(words) == len(set(words))  # no_repeat_ngram_size=1 from the checkpoint: no word twice
     explicit = b.caption([cat_photo], beam_size=3, length_penalty=0.0, no_repeat_ngram_size=0)[0][0]
     assert explicit.text == a.caption([cat_photo], beam_size=3)[0][0].text  # explicit options win
+
+
+def test_words_a_caption_may_not_end_on_travel_in_the_checkpoint(small_captioner, tmp_path, cat_photo):
+    from dataclasses import replace as dc_replace
+
+    ck = small_captioner.checkpoint()
+    tensors = dict(ck.tensors)
+    bias = tensors["decoder.out.bias"].clone()
+    bias[small_captioner.vocab.end_id] += 6.0  # a model that stops after a word or two
+    tensors["decoder.out.bias"] = bias
+    save(tmp_path / "eager.safetensors", dc_replace(ck, tensors=tensors))
+    plain = captioner.load(tmp_path / "eager.safetensors").caption([cat_photo], method="greedy", max_length=12,
+                                                                   min_length=1)[0][0]
+    assert plain.finished and len(plain.tokens) == 1  # ends right after its first word: the rule must prevent it
+    last = plain.tokens[-1]
+    save(tmp_path / "ruled.safetensors", dc_replace(ck, tensors=tensors, decoding={"no_end_after": [last, "nope"]}))
+    ruled = captioner.load(tmp_path / "ruled.safetensors")
+    for method in ("greedy", "beam"):
+        c = ruled.caption([cat_photo], method=method, max_length=12, min_length=1)[0][0]
+        assert not (c.finished and c.tokens[-1] == last), (method, c.text)
+    assert ruled.caption([cat_photo], method="greedy", max_length=12, min_length=1, no_end_after=[])[0][0].text == plain.text

@@ -161,3 +161,19 @@ def test_suppressed_words_are_never_produced():
         assert 3 not in h.tokens
     for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=3, max_length=4, suppress_ids=(0, 1, 3)):
         assert all(3 not in h.tokens for h in hyps)
+
+
+def test_no_end_after_words_that_cannot_end_a_caption():
+    dec = tiny_decoder(12)
+    with torch.no_grad():
+        dec.out.bias[END] = 4.0  # the model stops as soon as it may
+    v = feats(4)
+    banned = [w for w in range(12) if w not in (END, 7)]  # only word 7 may end a caption
+    plain = sequential_decode(dec, v, START, END, max_length=8, min_length=1)
+    assert all(h.finished and len(h.tokens) == 1 for h in plain) and any(h.tokens[-1] in banned for h in plain)
+    ruled = sequential_decode(dec, v, START, END, max_length=8, min_length=1, no_end_after=banned)
+    ruled += sequential_decode(dec, v, START, END, max_length=8, min_length=1, no_end_after=banned, sample=True, seeds=3)
+    ruled += [h for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=3, max_length=8, min_length=1,
+                                         no_end_after=banned) for h in hyps]
+    assert any(h.finished for h in ruled)
+    assert all(h.tokens[-1] == 7 for h in ruled if h.finished), [h.tokens for h in ruled]

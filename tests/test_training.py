@@ -16,7 +16,7 @@ from training import demo
 from training.config import TrainConfig, load_config
 from training.features import build_or_load
 from training.metrics import quick_scores
-from training.train import Trainer, decode_features, scst_advantages
+from training.train import Trainer, decode_features, rarely_final_words, scst_advantages
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +110,13 @@ def test_blind_baseline_exports_a_model_that_ignores_the_photo(demo_dir, cache_d
     photos = sorted((demo_dir / "images").iterdir())[:4]
     scores = [c[0].log_prob for c in model.caption(photos, method="greedy")]
     assert max(scores) - min(scores) < 1e-4, scores  # the same caption, equally likely, for every photo
+
+
+def test_rarely_final_words():
+    captions = [["a", "dog", "runs"]] * 60 + [["a", "dog"]] * 1 + [["a", "cat", "in", "a", "box"]] * 3
+    assert rarely_final_words(captions, min_count=50, max_final_rate=0.02) == ["a", "dog"]  # "dog" ends 1/61
+    assert rarely_final_words(captions, min_count=50, max_final_rate=0.01) == ["a"]
+    assert rarely_final_words(captions, min_count=100) == []  # "a" is seen 67 times
 
 
 def test_scst_baselines():

@@ -60,6 +60,7 @@ class TrainConfig:
     # decoding defaults stored in the exported model (beam search; greedy and sampling ignore the penalty)
     length_penalty: float = 0.0
     no_repeat_ngram_size: int = 0
+    block_bad_endings: bool = False  # no <end> after words that (almost) never end a training caption
     # run
     out_dir: str = "runs/flickr8k"
     cache_dir: str = "cache/features"

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     caps = caption_records(model, records, args.beam_size, args.max_length, num_workers=args.num_workers, **decoding)
     scores = coco_scores(caps, [list(r.captions) for r in records])
     used = {k: v if v is not None else model.decoding.get(k, 0) for k, v in decoding.items()}
+    used["no_end_after_words"] = len(model.decoding.get("no_end_after", ()))  # the checkpoint's bad-ending rule
     result = {"split": args.split, "images": len(records), "beam_size": args.beam_size, **used, **scores}
     print(json.dumps(result, indent=2))
     if args.out:
