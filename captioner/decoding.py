@@ -45,12 +45,11 @@ def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int)
     log_probs.masked_fill_(hits > 0, NEG_INF)
 
 
-def _ban_end_after(log_probs: torch.Tensor, previous: torch.Tensor, no_end_after: Sequence[int], end_id: int) -> None:
-    """Forbid, in place, <end> right after any of the `no_end_after` words (e.g. "a", "in", "the"), so a
+def _ban_end_after(log_probs: torch.Tensor, previous: torch.Tensor, no_end_after: torch.Tensor, end_id: int) -> None:
+    """Forbid, in place, <end> right after any of the `no_end_after` word ids (e.g. "a", "in", "the"), so a
     caption cannot stop mid-phrase; CIDEr-trained models otherwise do ("a girl is playing in the")."""
-    if no_end_after:
-        banned = torch.isin(previous, torch.as_tensor(list(no_end_after), device=previous.device))
-        log_probs[:, end_id] = log_probs[:, end_id].masked_fill(banned, NEG_INF)
+    if no_end_after.numel():
+        log_probs[:, end_id] = log_probs[:, end_id].masked_fill(torch.isin(previous, no_end_after), NEG_INF)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -105,6 +104,7 @@ def sequential_decode(
         raise ValueError("temperature must be > 0")
     n, device = features.size(0), features.device
     gens = _generators(n, seeds, device) if sample else []
+    end_ban = torch.as_tensor(list(no_end_after), dtype=torch.long, device=device)
     state = decoder.start(features)
     tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
     out = torch.full((n, max_length), end_id, dtype=torch.long, device=device)
@@ -114,7 +114,7 @@ def sequential_decode(
         logits, state = decoder.step(tokens, state)
         lp = F.log_softmax(logits.float(), dim=-1)
         lp[:, list(suppress_ids)] = NEG_INF
-        _ban_end_after(lp, tokens, no_end_after, end_id)
+        _ban_end_after(lp, tokens, end_ban, end_id)
         if t < min_length:
             lp[:, end_id] = NEG_INF
         _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
@@ -164,6 +164,7 @@ def beam_search(
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
     b, k, device = features.size(0), beam_size, features.device
+    end_ban = torch.as_tensor(list(no_end_after), dtype=torch.long, device=device)
     state = decoder.reorder(decoder.start(features), torch.arange(b, device=device).repeat_interleave(k))
     live_score = torch.full((b, k), NEG_INF, device=device)
     live_score[:, 0] = 0.0  # one real start hypothesis per image; the copies would only duplicate it
@@ -179,7 +180,7 @@ def beam_search(
         lp = F.log_softmax(logits.float(), dim=-1)
         vocab = lp.size(1)
         lp[:, list(suppress_ids)] = NEG_INF
-        _ban_end_after(lp, tokens, no_end_after, end_id)
+        _ban_end_after(lp, tokens, end_ban, end_id)
         _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
         if t < min_length:
             lp[:, end_id] = NEG_INF
