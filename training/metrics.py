@@ -61,9 +61,12 @@ class CiderD:
         """Precompute the tf-idf vectors of one image's tokenized references (SCST scores them many times)."""
         return [self._vector(_counts(ref)) for ref in references]
 
-    def score_tokens(self, candidate: Sequence[str], references: Sequence[Sequence[str]] | list) -> float:
-        """CIDEr-D of tokenized `candidate` against tokenized references, or against `prepare(...)`d ones."""
-        prepared = references if references and isinstance(references[0], tuple) else self.prepare(references)
+    def score_tokens(self, candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+        """CIDEr-D of a tokenized candidate against tokenized references."""
+        return self.score_prepared(candidate, self.prepare(references))
+
+    def score_prepared(self, candidate: Sequence[str], prepared: list) -> float:
+        """CIDEr-D of a tokenized candidate against references already `prepare`d."""
         cv, cn, cl = self._vector(_counts(candidate))
         total = 0.0
         for rv, rn, rl in prepared:

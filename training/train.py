@@ -199,11 +199,12 @@ def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | 
     raise ValueError(f"scst_baseline must be 'greedy' or 'mean', got {baseline!r}")
 
 
-def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list[list[str]]], vocab: Vocabulary,
+def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list], vocab: Vocabulary,
               scorer: CiderD, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
-    """REINFORCE on CIDEr-D; returns the loss and the samples' mean reward. Baseline: the greedy caption's
-    reward (Rennie et al. 2017), or the mean reward of the image's other samples (Luo 2020), which needs no
-    extra decoding and, on Flickr8k here, lifted val CIDEr-D where the greedy baseline stalled."""
+    """REINFORCE on CIDEr-D against each image's `scorer.prepare`d references; returns the loss and the
+    samples' mean reward. Baseline: the greedy caption's reward (Rennie et al. 2017), or the mean reward of
+    the image's other samples (Luo 2020), which needs no extra decoding and, on Flickr8k here, lifted val
+    CIDEr-D where the greedy baseline stalled."""
     k, device = cfg.scst_samples, feats.device
     max_words = cfg.scst_max_words or cfg.max_caption_words
     rep = feats.repeat_interleave(k, 0)
@@ -222,7 +223,7 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list[list
         if not bool(alive.any()):
             break
     seqs = torch.stack(words, 1).tolist()
-    scores = torch.tensor([scorer.score_tokens(vocab.decode(s), refs[i // k]) for i, s in enumerate(seqs)],
+    scores = torch.tensor([scorer.score_prepared(vocab.decode(s), refs[i // k]) for i, s in enumerate(seqs)],
                           device=device).view(-1, k)
     greedy = None
     if cfg.scst_baseline == "greedy":
@@ -230,7 +231,7 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list[list
         with torch.no_grad():
             hyps = sequential_decode(decoder, feats, vocab.start_id, vocab.end_id, max_words)
         decoder.train()
-        greedy = torch.tensor([scorer.score_tokens(vocab.decode(h.tokens), r) for h, r in zip(hyps, refs)], device=device)
+        greedy = torch.tensor([scorer.score_prepared(vocab.decode(h.tokens), r) for h, r in zip(hyps, refs)], device=device)
     rewards = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
     logp = torch.stack(logps, 1)
     mask = torch.stack(masks, 1).float()
