@@ -73,6 +73,14 @@ def state() -> ServiceState:
     return current_app.extensions["captioner"]
 
 
+def ready_state() -> ServiceState:
+    """The state, or a 503 that says why the model is not (yet) there."""
+    st = state()
+    if not st.ready:
+        raise ApiError(503, "not_ready", st.load_error or "model is loading")
+    return st
+
+
 def error(status: int, code: str, message: str):
     return jsonify({"error": {"code": code, "message": message}}), status
 
@@ -119,9 +127,7 @@ def read_request() -> tuple[bytes, dict]:
 # -- routes ---------------------------------------------------------------------------------------
 @bp.post("/v1/captions")
 def captions():
-    st = state()
-    if not st.ready:
-        raise ApiError(503, "not_ready", st.load_error or "model is loading")
+    st = ready_state()
     t0 = time.perf_counter()
     data, raw_options = read_request()
     if not data:
@@ -160,11 +166,8 @@ def model_summary(st: ServiceState) -> dict:
 
 @bp.get("/v1/model")
 def model_info():
-    st = state()
-    if not st.ready:
-        raise ApiError(503, "not_ready", st.load_error or "model is loading")
-    return jsonify({"name": Path(st.settings.model_path).stem, **st.model.describe(),
-                    "load_seconds": round(st.load_seconds or 0.0, 3)})
+    st = ready_state()
+    return jsonify({"name": model_summary(st)["name"], **st.model.describe(), "load_seconds": round(st.load_seconds or 0.0, 3)})
 
 
 @bp.get("/healthz")
@@ -174,10 +177,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    st = state()
-    if st.ready:
-        return jsonify({"status": "ready"})
-    raise ApiError(503, "not_ready", st.load_error or "model is loading")
+    ready_state()
+    return jsonify({"status": "ready"})
 
 
 @bp.get("/metrics")

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from captioner import __version__
 
+from .options import DEFAULTS, LIMITS, MAX_SEED, METHODS
+
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
+def _bounded(kind: str, name: str, exclusive_min: bool = False) -> dict:
+    lo, hi = LIMITS[name]
+    return {"type": kind, "exclusiveMinimum" if exclusive_min else "minimum": lo, "maximum": hi,
+            "default": getattr(DEFAULTS, name)}
+
+
 _OPTIONS = {
-    "method": {"type": "string", "enum": ["beam", "greedy", "sample"], "default": "beam"},
-    "beam_size": {"type": "integer", "minimum": 1, "maximum": 10, "default": 3},
-    "n_best": {"type": "integer", "minimum": 1, "maximum": 10, "default": 1, "description": "at most beam_size; >1 needs beam"},
-    "max_length": {"type": "integer", "minimum": 1, "maximum": 50, "default": 20},
-    "temperature": {"type": "number", "exclusiveMinimum": 0, "maximum": 5, "default": 1.0},
-    "top_k": {"type": "integer", "minimum": 0, "default": 0, "description": "0 = no limit"},
-    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1.0},
-    "seed": {"type": "integer", "minimum": 0, "description": "makes method=sample reproducible"},
+    "method": {"type": "string", "enum": list(METHODS), "default": DEFAULTS.method},
+    "beam_size": _bounded("integer", "beam_size"),
+    "n_best": {**_bounded("integer", "n_best"), "description": "at most beam_size; >1 needs beam"},
+    "max_length": _bounded("integer", "max_length"),
+    "temperature": _bounded("number", "temperature", exclusive_min=True),
+    "top_k": {"type": "integer", "minimum": 0, "default": DEFAULTS.top_k, "description": "0 = no limit"},
+    "top_p": _bounded("number", "top_p", exclusive_min=True),
+    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "description": "makes method=sample reproducible"},
 }
 
 

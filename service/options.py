@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 class OptionError(ValueError):
@@ -21,17 +21,20 @@ class DecodeOptions:
     top_p: float = 1.0
     seed: int | None = None
 
-    def batch_key(self) -> tuple:
+    def batch_key(self) -> "DecodeOptions":
         """Requests that may share one decoder call: same options except the (per-image) seed."""
-        return (self.method, self.beam_size, self.n_best, self.max_length, self.temperature, self.top_k, self.top_p)
+        return replace(self, seed=None)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+DEFAULTS = DecodeOptions()
 METHODS = ("beam", "greedy", "sample")
 FIELDS = {f for f in DecodeOptions.__dataclass_fields__}
 MAX_SEED = 2**63 - 1
+# Accepted ranges, also published in the OpenAPI document; temperature and top_p exclude their minimum.
+LIMITS = {"beam_size": (1, 10), "n_best": (1, 10), "max_length": (1, 50), "temperature": (0.0, 5.0), "top_p": (0.0, 1.0)}
 
 
 def _int(name: str, value, lo: int, hi: int) -> int:
@@ -71,23 +74,26 @@ def parse_options(raw: dict, vocab_size: int) -> DecodeOptions:
     unknown = sorted(set(raw) - FIELDS)
     if unknown:
         raise OptionError(f"unknown option(s): {', '.join(unknown)}; allowed: {', '.join(sorted(FIELDS))}")
-    method = raw.get("method", "beam")
+    def given(name: str):
+        return raw.get(name, getattr(DEFAULTS, name))
+
+    method = given("method")
     if method not in METHODS:
         raise OptionError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    beam_size = _int("beam_size", raw.get("beam_size", 3), 1, 10)
-    n_best = _int("n_best", raw.get("n_best", 1), 1, 10)
+    beam_size = _int("beam_size", given("beam_size"), *LIMITS["beam_size"])
+    n_best = _int("n_best", given("n_best"), *LIMITS["n_best"])
     if n_best > beam_size:
         raise OptionError(f"n_best ({n_best}) must not exceed beam_size ({beam_size})")
     if n_best > 1 and method != "beam":
         raise OptionError("n_best > 1 needs method=beam")
-    seed = raw.get("seed")
+    seed = given("seed")
     return DecodeOptions(
         method=method,
         beam_size=beam_size,
         n_best=n_best,
-        max_length=_int("max_length", raw.get("max_length", 20), 1, 50),
-        temperature=_float("temperature", raw.get("temperature", 1.0), 0.0, 5.0, lo_open=True),
-        top_k=_int("top_k", raw.get("top_k", 0), 0, vocab_size),
-        top_p=_float("top_p", raw.get("top_p", 1.0), 0.0, 1.0, lo_open=True),
+        max_length=_int("max_length", given("max_length"), *LIMITS["max_length"]),
+        temperature=_float("temperature", given("temperature"), *LIMITS["temperature"], lo_open=True),
+        top_k=_int("top_k", given("top_k"), 0, vocab_size),
+        top_p=_float("top_p", given("top_p"), *LIMITS["top_p"], lo_open=True),
         seed=None if seed is None or seed == "" else _int("seed", seed, 0, MAX_SEED),
     )
