@@ -16,10 +16,7 @@ import argparse
 import http.client
 import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -31,29 +28,14 @@ from .common import PHOTOS, ROOT, load_or_build, timed
 
 sys.path.insert(0, str(ROOT))
 from tests import images as odd_images  # noqa: E402  (the same odd inputs the tests use)
+from tests.loopback import GunicornServer  # noqa: E402  (started and stopped as in the real-server tests)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class Server(GunicornServer):
+    """The service under load, with a view of its worker processes."""
 
-
-class Server:
     def __init__(self, model_path: str, batch_wait_ms: float, threads: int):
-        self.port = free_port()
-        env = {**os.environ, "CAPTIONER_MODEL": model_path, "PORT": str(self.port), "CAPTIONER_BIND": "127.0.0.1",
-               "CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads), "CAPTIONER_WORKERS": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                                      "service.app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if request(self.port, "GET", "/readyz")[0] == 200:
-                return
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("server did not become ready")
+        super().__init__(model_path, {"CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads)})
 
     def workers(self) -> list[int]:
         out = []
@@ -74,13 +56,6 @@ class Server:
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
         return total / 1024
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 def request(port: int, method: str, path: str, body: bytes | None = None, ctype: str = "image/jpeg",

@@ -5,62 +5,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
 from captioner.checkpoint import save
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError("service did not become ready")
+from .loopback import GunicornServer
 
 
 @pytest.fixture(scope="module")
 def server(small_captioner, tmp_path_factory):
     model = tmp_path_factory.mktemp("srv") / "tiny.safetensors"
     save(model, small_captioner.checkpoint())
-    port = free_port()
-    env = {**os.environ, "CAPTIONER_MODEL": str(model), "PORT": str(port), "CAPTIONER_BIND": "127.0.0.1",
-           "CAPTIONER_WORKERS": "1", "CAPTIONER_THREADS": "4"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py", "service.app:create_app()"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
-        yield url, proc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    with GunicornServer(model, {"CAPTIONER_THREADS": "4"}, ready_timeout=90) as srv:
+        yield srv.url, srv.proc
 
 
 def multipart(data: bytes, fields: dict) -> tuple[bytes, str]:

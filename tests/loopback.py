@@ -1,0 +1,68 @@
+"""The real service on this machine: gunicorn serving the app on a free loopback port.
+
+Used by the real-server tests and by `make bench-serve`, so both start, wait for and stop it the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class GunicornServer:
+    """`with GunicornServer(model) as srv:` -> srv.url answers /readyz 200 inside the block; SIGTERM after."""
+
+    def __init__(self, model_path: str | Path, env: dict[str, str] | None = None, ready_timeout: float = 120):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "CAPTIONER_MODEL": str(model_path), "PORT": str(self.port), "CAPTIONER_BIND": "127.0.0.1",
+               "CAPTIONER_WORKERS": "1", **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
+                                      "service.app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            self._wait_ready(ready_timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError("service did not become ready")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def __enter__(self) -> "GunicornServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
