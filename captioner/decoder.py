@@ -135,7 +135,8 @@ class CaptionDecoder(nn.Module):
 
     def _word_gates(self) -> torch.Tensor:
         w_ih, emb = self.rnn.weight_ih_l0, self.embed.weight
-        key = (w_ih.data_ptr(), w_ih._version, emb.data_ptr(), emb._version, self.rnn.bias_ih_l0._version)
+        key = (w_ih.data_ptr(), w_ih._version, emb.data_ptr(), emb._version, self.rnn.bias_ih_l0._version,
+               self.rnn.bias_hh_l0._version)  # every tensor the table is built from
         if self._table_key != key:
             table = emb @ w_ih[:, : self.cfg.embed_dim].T + self.rnn.bias_ih_l0
             if self.cfg.cell != "gru":  # GRU keeps b_hn inside the reset gate's product

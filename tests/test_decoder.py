@@ -136,7 +136,8 @@ def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
     same thing as the fused cell, step after step, and notice when the weights change."""
     dec = tiny_decoder(40, cell=cell, conditioning=conditioning, feature_dim=24, hidden=H)
     v, toks = torch.randn(3, 24), [torch.tensor([1, 1, 1]), torch.tensor([5, 6, 7]), torch.tensor([8, 9, 4])]
-    for _ in range(2):
+    changes = [lambda: dec.embed.weight.mul_(1.5), lambda: dec.rnn.bias_hh_l0.add_(0.3), lambda: None]
+    for change in changes:  # the cached word table must follow each tensor it is built from
         with torch.no_grad():
             fast_state, slow_state = dec.start(v), dec.start(v)
             slow_state.pop("image_gates", None)
@@ -146,4 +147,4 @@ def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
                     slow, slow_state = dec.step(tok, slow_state)
                 torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)
         with torch.no_grad():
-            dec.embed.weight.mul_(1.5)  # the cached word table must follow the new weights
+            change()
