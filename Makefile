@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test train train-demo eval serve bench bench-decode bench-train bench-serve \
+.PHONY: install test test-portable train train-demo eval serve bench bench-decode bench-train bench-serve \
         docker-build docker-run docker-test clean
 
 install: $(VENV)/.installed
@@ -33,6 +33,12 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite again on the numeric path of CPUs without AVX-512 or native bf16 (e.g. a 2-core AMD EPYC with
+# AVX2): PyTorch, oneDNN and MKL limited to AVX2 kernels, training in fp32. CI runs both.
+PORTABLE_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+test-portable: install
+	$(PORTABLE_ENV) $(PY) -m pytest -q --amp false $(PYTEST_ARGS)
 
 train: install
 	$(PY) -m training.train $(TRAIN_ARGS) $(ARGS)

@@ -3,8 +3,10 @@
 * throughput: N concurrent clients send real photos for a fixed count; requests/s, p50/p90/p99 and errors,
   batching on vs off (ratio);
 * overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio);
-* soak: 32 clients, `--soak-rounds` rounds of `--soak-requests` requests mixing good and bad inputs: 5xx
-  count, worker restarts, and the worker's resident memory after a warm-up and after every round.
+* soak: 32 clients, `--soak-rounds` rounds of `--soak-requests` requests mixing good photos with seeded
+  malformed uploads (tests/fuzz.py: truncated, bit-flipped, padded or random bytes in six formats, three
+  transports, odd content types and options): 5xx count, worker restarts, and the worker's resident memory
+  after a warm-up and after every round.
 Every loop is bounded by a request count and a time limit; it stops by itself.
 
     make bench-serve [ARGS="--requests 200 --soak-requests 2000"]
@@ -27,6 +29,7 @@ import torch
 from .common import PHOTOS, ROOT, load_or_build, timed
 
 sys.path.insert(0, str(ROOT))
+from tests import fuzz  # noqa: E402  (the same malformed uploads the tests send)
 from tests import images as odd_images  # noqa: E402  (the same odd inputs the tests use)
 from tests.loopback import GunicornServer  # noqa: E402  (started and stopped as in the real-server tests)
 
@@ -36,18 +39,6 @@ class Server(GunicornServer):
 
     def __init__(self, model_path: str, batch_wait_ms: float, threads: int):
         super().__init__(model_path, {"CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads)})
-
-    def workers(self) -> list[int]:
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    out.append(int(pid))
-        return sorted(out)
 
     def rss_mb(self) -> float:
         total = 0
@@ -151,11 +142,9 @@ def main() -> None:
           f"-> service overhead {single / bare:.2f}x ({1000 * (single - bare):.1f} ms)")
 
     rng = random.Random(0)
-    bad = [("/v1/captions", odd_images.truncated_jpeg(), "image/jpeg"), ("/v1/captions", b"plain text", "image/jpeg"),
-           ("/v1/captions", odd_images.png_bomb(), "image/png"), ("/v1/captions", b"", "image/jpeg"),
-           ("/v1/captions?beam_size=99", photos[0], "image/jpeg"), ("/v1/captions?temperature=nan&method=sample", photos[1], "image/jpeg"),
-           ("/v1/captions", b"{\"image\": 12}", "application/json"), ("/v1/captions", b"x", "text/html")]
-    mix = [good[i % len(good)] if rng.random() < 0.6 else rng.choice(bad) for i in range(args.soak_requests)]
+    bad = fuzz.cases(PHOTOS[0], args.soak_requests, seed=0)  # malformed uploads, as in the real-server test
+    bad += [("/v1/captions", odd_images.png_bomb(), "image/png"), ("/v1/captions", odd_images.tiff_flipped(), "image/tiff")]
+    mix = [good[i % len(good)] if rng.random() < 0.6 else bad[i % len(bad)] for i in range(args.soak_requests)]
     srv = Server(model_path, 5.0, threads=32)
     try:
         boot_rss = srv.rss_mb()

@@ -33,6 +33,10 @@ def _check(max_length: int, min_length: int) -> None:
         raise ValueError("min_length must be between 0 and max_length")
 
 
+# Every method defaults to at least one word: an empty caption answers nothing, however likely <end> is.
+MIN_LENGTH = 1
+
+
 def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
     """Forbid, in place, any token that would complete an n-gram already present in `history` [N, t]."""
     t = history.size(1)
@@ -45,11 +49,28 @@ def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int)
     log_probs.masked_fill_(hits > 0, NEG_INF)
 
 
-def _ban_end_after(log_probs: torch.Tensor, previous: torch.Tensor, no_end_after: torch.Tensor, end_id: int) -> None:
-    """Forbid, in place, <end> right after any of the `no_end_after` word ids (e.g. "a", "in", "the"), so a
-    caption cannot stop mid-phrase; CIDEr-trained models otherwise do ("a girl is playing in the")."""
-    if no_end_after.numel():
-        log_probs[:, end_id] = log_probs[:, end_id].masked_fill(torch.isin(previous, no_end_after), NEG_INF)
+@dataclass(frozen=True)
+class WordBans:
+    """What decoding may not choose, as one rule for greedy, sampling, beam search and SCST's scorer: the
+    `suppress` ids ever; <end> before `min_length` words, or right after a `no_end_after` word (e.g. "a",
+    "in", "the": CIDEr-trained models otherwise stop mid-phrase, "a girl is playing in the")."""
+
+    end_id: int
+    suppress: tuple[int, ...] = ()
+    no_end_after: tuple[int, ...] = ()
+    min_length: int = MIN_LENGTH
+
+    def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Banned words [..., V] given the token just read, `previous` [...], at word `position` (0 for the
+        first word; an int, or a tensor broadcastable to `previous`)."""
+        banned = torch.zeros(*previous.shape, vocab_size, dtype=torch.bool, device=previous.device)
+        banned[..., list(self.suppress)] = True
+        early = torch.as_tensor(position, device=previous.device) < self.min_length
+        end = early.expand(previous.shape).clone()
+        if self.no_end_after:
+            end |= torch.isin(previous, torch.tensor(self.no_end_after, device=previous.device))
+        banned[..., self.end_id] |= end
+        return banned
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -84,27 +105,30 @@ def sequential_decode(
     start_id: int,
     end_id: int,
     max_length: int = 20,
-    min_length: int = 0,
+    min_length: int = MIN_LENGTH,
     sample: bool = False,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    seeds: Sequence[int | None] | int | None = None,
+    seeds: Sequence[int | None] | int | None | torch.Generator = None,
     no_repeat_ngram_size: int = 0,
     suppress_ids: Sequence[int] = (),
     no_end_after: Sequence[int] = (),
 ) -> list[Hypothesis]:
     """Greedy (argmax) or sampled decoding, one hypothesis per image.
 
-    Sampling uses the Gumbel-max trick, argmax(logits / T + Gumbel noise), which draws from softmax(logits / T);
-    each image's noise comes from its own generator, so a seeded image gets the same caption in any batch.
+    Sampling uses the Gumbel-max trick, argmax(logits / T + Gumbel noise), which draws from softmax(logits / T)
+    over the words not banned. With per-image `seeds` each image's noise comes from its own generator, so a
+    seeded image gets the same caption in any batch; one `torch.Generator` instead draws the whole batch's
+    noise at once (training, where only reproducibility of the whole run matters).
     """
     _check(max_length, min_length)
     if sample and not temperature > 0:
         raise ValueError("temperature must be > 0")
     n, device = features.size(0), features.device
-    gens = _generators(n, seeds, device) if sample else []
-    end_ban = torch.as_tensor(list(no_end_after), dtype=torch.long, device=device)
+    shared = seeds if isinstance(seeds, torch.Generator) else None
+    gens = _generators(n, seeds, device) if sample and shared is None else []
+    bans = WordBans(end_id, tuple(suppress_ids), tuple(no_end_after), min_length)
     state = decoder.start(features)
     tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
     out = torch.full((n, max_length), end_id, dtype=torch.long, device=device)
@@ -112,15 +136,14 @@ def sequential_decode(
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for t in range(max_length):
         logits, state = decoder.step(tokens, state)
-        lp = F.log_softmax(logits.float(), dim=-1)
-        lp[:, list(suppress_ids)] = NEG_INF
-        _ban_end_after(lp, tokens, end_ban, end_id)
-        if t < min_length:
-            lp[:, end_id] = NEG_INF
+        lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, logits.size(1)), NEG_INF)
         _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
         if sample:
             scores = _filter_top_k_top_p(lp / temperature, top_k, top_p)
-            u = torch.stack([torch.rand(lp.size(1), generator=g, device=device) for g in gens])
+            if shared is not None:
+                u = torch.rand(lp.shape, generator=shared, device=device)
+            else:
+                u = torch.stack([torch.rand(lp.size(1), generator=g, device=device) for g in gens])
             gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
             choice = (scores + gumbel).argmax(dim=-1)
         else:
@@ -136,6 +159,21 @@ def sequential_decode(
             for row, lp_sum, fin in zip(out.tolist(), log_prob.tolist(), done.tolist())]
 
 
+def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequences: torch.Tensor, start_id: int,
+                       bans: WordBans, pad_id: int = 0) -> torch.Tensor:
+    """Teacher-forced log-probability [M, T] of each token of `sequences` [M, T] (word ids, then <end> when
+    finished, then `pad_id`), under the distribution decoding draws from: banned words removed, the rest
+    renormalised. 0 at padding. Differentiable (SCST's policy gradient flows through it); one pass of the
+    fused RNN instead of T autograd steps."""
+    m, t = sequences.shape
+    inputs = torch.cat([sequences.new_full((m, 1), start_id), sequences], dim=1)  # forward() drops the last
+    logits = decoder(features, inputs).float()
+    banned = bans.mask(inputs[:, :-1], torch.arange(t, device=sequences.device), logits.size(-1))
+    log_probs = logits.masked_fill(banned, NEG_INF).log_softmax(-1)
+    picked = log_probs.gather(2, sequences.unsqueeze(2)).squeeze(2)
+    return torch.where(sequences == pad_id, torch.zeros_like(picked), picked)
+
+
 @torch.inference_mode()
 def beam_search(
     decoder: CaptionDecoder,
@@ -145,7 +183,7 @@ def beam_search(
     beam_size: int = 3,
     n_best: int = 1,
     max_length: int = 20,
-    min_length: int = 0,
+    min_length: int = MIN_LENGTH,
     length_penalty: float = 0.0,
     no_repeat_ngram_size: int = 0,
     suppress_ids: Sequence[int] = (),
@@ -156,15 +194,18 @@ def beam_search(
     Each image keeps `beam_size` live (unfinished) hypotheses plus a pool of the best finished ones,
     ranked by log_prob / length**length_penalty (length counts <end>). A hypothesis joins the pool when
     its <end> ranks among the image's `beam_size` best candidates; once there it is never pushed out by
-    live ones, and an image stops once no live hypothesis can beat its n-th best finished one.
+    live ones, and an image stops once no live hypothesis can beat its n-th best finished one (a bound that
+    holds for length_penalty >= 0, so negative penalties are refused).
     If fewer than `n_best` hypotheses finish within `max_length` words, the best unfinished ones fill in, so
     every image always gets an answer.
     """
     _check(max_length, min_length)
     if not 1 <= n_best <= beam_size:
         raise ValueError("n_best must be between 1 and beam_size")
+    if not length_penalty >= 0:  # the early stop below assumes longer never scores better than its prefix
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
     b, k, device = features.size(0), beam_size, features.device
-    end_ban = torch.as_tensor(list(no_end_after), dtype=torch.long, device=device)
+    bans = WordBans(end_id, tuple(suppress_ids), tuple(no_end_after), min_length)
     state = decoder.reorder(decoder.start(features), torch.arange(b, device=device).repeat_interleave(k))
     live_score = torch.full((b, k), NEG_INF, device=device)
     live_score[:, 0] = 0.0  # one real start hypothesis per image; the copies would only duplicate it
@@ -177,14 +218,10 @@ def beam_search(
 
     for t in range(max_length):
         logits, state = decoder.step(tokens, state)
-        lp = F.log_softmax(logits.float(), dim=-1)
-        vocab = lp.size(1)
-        lp[:, list(suppress_ids)] = NEG_INF
-        _ban_end_after(lp, tokens, end_ban, end_id)
+        vocab = logits.size(1)
+        lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, vocab), NEG_INF)
         _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
-        if t < min_length:
-            lp[:, end_id] = NEG_INF
-        else:
+        if t >= min_length:
             # A hypothesis may end here (with t words) if <end> ranks among the image's k best candidates,
             # as in the usual formulation; it is what makes beam_size=1 exactly greedy decoding.
             kth = (live_score.view(-1, 1) + lp).view(b, k * vocab).topk(k, dim=1).values[:, -1:]

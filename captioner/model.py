@@ -13,7 +13,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from .decoder import CaptionDecoder, DecoderConfig
-from .decoding import Hypothesis, beam_search, sequential_decode
+from .decoding import MIN_LENGTH, Hypothesis, beam_search, sequential_decode
 from .encoders import create_encoder
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, PreprocessConfig, preprocess
 from .vocab import Vocabulary
@@ -122,7 +122,7 @@ class Captioner:
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | Sequence[int | None] | None = None,
-        min_length: int = 0,
+        min_length: int = MIN_LENGTH,
         length_penalty: float | None = None,
         no_repeat_ngram_size: int | None = None,
         no_end_after: Sequence[str] | None = None,
@@ -132,6 +132,8 @@ class Captioner:
         `length_penalty`, `no_repeat_ngram_size` and `no_end_after` (words a caption may not end on) default
         to the checkpoint's `decoding` settings (chosen when it was trained), else off.
         """
+        if min_length < 1:
+            raise ValueError(f"min_length must be at least 1 (an empty caption answers nothing), got {min_length}")
         if length_penalty is None:
             length_penalty = float(self.decoding.get("length_penalty", 0.0))
         if no_repeat_ngram_size is None:

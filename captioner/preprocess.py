@@ -51,19 +51,15 @@ class PreprocessConfig:
 def _open(source: ImageInput) -> Image.Image:
     if isinstance(source, Image.Image):
         return source
+    if isinstance(source, (bytes, bytearray)) and not source:
+        raise ImageError("empty image data")
     try:
-        if isinstance(source, (bytes, bytearray)):
-            if not source:
-                raise ImageError("empty image data")
-            return Image.open(io.BytesIO(source))
-        return Image.open(source)
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise
+        return Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise  # a wrong path is the caller's mistake, not bad image data
+    except Exception as exc:  # untrusted bytes: whatever a decoder plugin raises means "not an image"
         raise ImageError(f"not a decodable image: {exc}") from exc
 
 
@@ -87,12 +83,12 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft_s
     whose pixel count exceeds `max_pixels` (checked from the header, before any pixel is decoded).
     """
     img = _open(source)
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise ImageError("image has no pixels")
-    if width * height > max_pixels:
-        raise ImageTooLarge(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
     try:
+        width, height = img.size
+        if width <= 0 or height <= 0:
+            raise ImageError("image has no pixels")
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"image too large: {width}x{height} exceeds {max_pixels} pixels")
         if getattr(img, "n_frames", 1) > 1:
             img.seek(0)
         if draft_size and img.format == "JPEG":
@@ -112,7 +108,7 @@ def load_image(source: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS, draft_s
         raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image too large: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow's plugins raise TypeError, struct.error, ZeroDivisionError... on bad files
         raise ImageError(f"image data is corrupt or truncated: {exc}") from exc
 
 

@@ -15,6 +15,20 @@ from captioner.vocab import SPECIALS, Vocabulary
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Config fields every training test applies (see --amp): the numeric path a run takes is the CPU's to choose.
+TRAINING_OVERRIDES: dict = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--amp", choices=("auto", "false"), default="auto",
+                     help="training tests: 'auto' trains as the config says (bf16 autocast where the CPU runs bf16 "
+                          "natively), 'false' in fp32, the path of CPUs without bf16 (make test-portable)")
+
+
+def pytest_configure(config):
+    if config.getoption("--amp") == "false":
+        TRAINING_OVERRIDES["amp"] = False
+
 
 @pytest.fixture(scope="session")
 def cat_photo() -> Path:

@@ -72,3 +72,12 @@ def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
     body[0:8] = struct.pack(">II", width, height)
     crc = struct.pack(">I", zlib.crc32(b"IHDR" + bytes(body)) & 0xFFFFFFFF)
     return data[: ihdr_start + 8] + bytes(body) + crc + data[ihdr_start + 8 + 13 + 4 :]
+
+
+def tiff_flipped(byte: int = 8, bit: int = 0) -> bytes:
+    """A TIFF with one bit flipped: at byte 8 (the first directory's entry count) Pillow's TIFF plugin raises
+    TypeError('Missing dimensions') from `n_frames`, at byte 72 a TypeError from a rational; both were 500s
+    once, found by fuzzing the service."""
+    data = bytearray(encode(left_red_right_blue(), "TIFF"))
+    data[byte] ^= 1 << bit
+    return bytes(data)

@@ -54,6 +54,19 @@ class GunicornServer:
             time.sleep(0.3)
         raise TimeoutError("service did not become ready")
 
+    def workers(self) -> list[int]:
+        """The pids of gunicorn's worker processes: a changed list means a worker died and was replaced."""
+        out = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
+                    out.append(int(pid))
+        return sorted(out)
+
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:

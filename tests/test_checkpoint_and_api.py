@@ -9,7 +9,8 @@ import torch
 import captioner
 from captioner import CheckpointError, ImageError
 from captioner.__main__ import main as cli_main
-from captioner.checkpoint import Checkpoint, load, save
+from captioner.checkpoint import load, save
+from captioner.vocab import SPECIALS
 
 from . import images
 
@@ -41,12 +42,59 @@ def test_fp16_export_loads_as_float32(small_captioner, tmp_path):
     assert next(model.decoder.parameters()).dtype == torch.float32
 
 
-def test_checkpoint_is_plain_safetensors_not_pickle(saved_model):
-    head = saved_model.read_bytes()[:8]
-    header_len = int.from_bytes(head, "little")
+def test_checkpoint_is_plain_safetensors_metadata(saved_model):
+    header_len = int.from_bytes(saved_model.read_bytes()[:8], "little")  # safetensors: u64 length, JSON header
     header = json.loads(saved_model.read_bytes()[8 : 8 + header_len])
     assert header["__metadata__"]["format"] == "captioner-checkpoint"
-    assert b"\x80\x02" not in saved_model.read_bytes()[:2]  # no pickle protocol marker at the start
+    assert {"encoder", "decoder", "vocab", "preprocess"} <= set(header["__metadata__"])
+
+
+class _Payload:
+    """Unpickling this calls os.system: a loader that ever unpickles would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle"])
+def test_pickles_named_safetensors_are_refused_without_running_code(tmp_path, writer):
+    import pickle
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "model.safetensors"
+    blob = {"decoder.out.bias": torch.zeros(3), "evil": _Payload(marker)}
+    if writer == "torch.save":
+        torch.save(blob, path)
+    else:
+        path.write_bytes(pickle.dumps(blob))
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        captioner.load(path)
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(_Payload(marker)))  # the payload is live: unpickling it does run the command
+    assert marker.exists()
+
+
+def _rewrite_metadata(src, dst, **changes) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from captioner.checkpoint import read_metadata
+
+    save_file(load_file(str(src)), str(dst), metadata={**read_metadata(src), **changes})
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"format_version": "2"}, "format version 2"),
+    ({"decoder": "{not json"}, "metadata is missing or malformed"),
+    ({"vocab": json.dumps([*SPECIALS, *(f"w{i}" for i in range(46))])}, "decoder has 34 words, vocabulary 50"),
+], ids=["unknown version", "malformed json", "vocabulary size mismatch"])
+def test_unusable_metadata_raises_checkpoint_error_naming_the_file(saved_model, tmp_path, changes, message):
+    bad = tmp_path / "unusable.safetensors"
+    _rewrite_metadata(saved_model, bad, **changes)
+    with pytest.raises(CheckpointError, match=f"unusable.safetensors.*{message}"):
+        captioner.load(bad)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
@@ -167,3 +215,21 @@ def test_words_a_caption_may_not_end_on_travel_in_the_checkpoint(small_captioner
         c = ruled.caption([cat_photo], method=method, max_length=12, min_length=1)[0][0]
         assert not (c.finished and c.tokens[-1] == last), (method, c.text)
     assert ruled.caption([cat_photo], method="greedy", max_length=12, min_length=1, no_end_after=[])[0][0].text == plain.text
+
+
+def test_a_model_that_wants_to_stop_at_once_still_says_a_word(small_captioner, tmp_path, cat_photo):
+    """<end> may not be the first word, whatever the method: the library never returns an empty caption."""
+    from dataclasses import replace as dc_replace
+
+    ck = small_captioner.checkpoint()
+    tensors = dict(ck.tensors)
+    bias = tensors["decoder.out.bias"].clone()
+    bias[small_captioner.vocab.end_id] += 50.0  # <end> is by far the likeliest word at every step
+    tensors["decoder.out.bias"] = bias
+    save(tmp_path / "mute.safetensors", dc_replace(ck, tensors=tensors))
+    mute = captioner.load(tmp_path / "mute.safetensors")
+    for options in ({"method": "greedy"}, {"method": "sample", "seed": 3}, {"method": "beam", "beam_size": 3, "n_best": 3}):
+        for c in mute.caption([cat_photo], **options)[0]:
+            assert c.text and len(c.tokens) == 1 and c.finished, (options, c)
+    with pytest.raises(ValueError, match="min_length must be at least 1"):
+        mute.caption([cat_photo], method="greedy", min_length=0)

@@ -40,22 +40,32 @@ def test_beam_of_one_equals_greedy():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_wide_beam_finds_the_exhaustive_best(cell):
-    """Vocabulary of 3 words + <end>, up to 3 words: a beam wider than every step's candidate set
-    (at most 27 live + 9 ending) keeps everything, so it must return the exhaustive best."""
-    dec = tiny_decoder(4 + 3, cell=cell, seed=3)
+@pytest.mark.parametrize("length_penalty,min_length", [(0.0, 0), (0.7, 1), (2.0, 1)])
+def test_wide_beam_finds_the_exhaustive_n_best(cell, length_penalty, min_length):
+    """4 words + <end>, max_length 3 (so a finished caption has at most 2 words): a beam of 100 is wider than
+    every step's candidate set (at most 16 live x 5), so it keeps everything and its 3 best must be the
+    exhaustive 3 best by log p / (words + 1) ** length_penalty, with the same log-probabilities."""
+    dec = tiny_decoder(4 + 4, cell=cell, seed=3)
     with torch.no_grad():
         dec.out.bias[0] = dec.out.bias[1] = dec.out.bias[3] = -1e4  # <pad>, <start>, <unk> never chosen
-    words = [4, 5, 6]
-    max_len = 3
-    for i in range(4):
+    words, max_len = [4, 5, 6, 7], 3
+    for i in range(3):
         v = feats(1, seed=i)
-        candidates = [(list(seq), True) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
-        candidates += [(list(seq), False) for seq in itertools.product(words, repeat=max_len)]
-        best_finished = max((sequence_log_prob(dec, v[0], s, True), s) for s, f in candidates if f)
-        hyp = beam_search(dec, v, START, END, beam_size=40, n_best=1, max_length=max_len)[0][0]
-        assert hyp.finished and hyp.tokens == best_finished[1]
-        assert math.isclose(hyp.log_prob, best_finished[0], rel_tol=1e-4)
+        finished = [list(seq) for n in range(min_length, max_len) for seq in itertools.product(words, repeat=n)]
+        scored = [(sequence_log_prob(dec, v[0], seq, True), seq) for seq in finished]
+        best = sorted(scored, key=lambda x: x[0] / (len(x[1]) + 1) ** length_penalty, reverse=True)[:3]
+        hyps = beam_search(dec, v, START, END, beam_size=100, n_best=3, max_length=max_len, min_length=min_length,
+                           length_penalty=length_penalty)[0]
+        assert all(h.finished for h in hyps)
+        assert [h.tokens for h in hyps] == [seq for _, seq in best]
+        for h, (lp, _) in zip(hyps, best):
+            assert math.isclose(h.log_prob, lp, rel_tol=1e-4, abs_tol=1e-5)
+
+
+def test_negative_length_penalty_is_refused():
+    """The early stop assumes a longer caption never scores above its prefix, true only for penalty >= 0."""
+    with pytest.raises(ValueError, match="length_penalty must be >= 0"):
+        beam_search(tiny_decoder(10), feats(1), START, END, beam_size=3, length_penalty=-0.5)
 
 
 def test_batched_equals_one_at_a_time():
@@ -100,11 +110,16 @@ def test_min_length_and_length_penalty():
     with torch.no_grad():
         dec.out.bias[END] = 8.0  # the model wants to stop at once
     v = feats(2)
-    assert all(h.tokens == [] for h in sequential_decode(dec, v, START, END, max_length=6))
+    assert all(h.tokens == [] for h in sequential_decode(dec, v, START, END, max_length=6, min_length=0))
     for h in sequential_decode(dec, v, START, END, max_length=6, min_length=3):
         assert len(h.tokens) >= 3
     for hyps in beam_search(dec, v, START, END, beam_size=3, max_length=6, min_length=2):
         assert len(hyps[0].tokens) >= 2
+    # By default every method says at least one word, however much the model wants to stop.
+    defaults = sequential_decode(dec, v, START, END, max_length=6)
+    defaults += sequential_decode(dec, v, START, END, max_length=6, sample=True, seeds=1)
+    defaults += [h for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=3, max_length=6) for h in hyps]
+    assert all(len(h.tokens) >= 1 for h in defaults), [h.tokens for h in defaults]
     short = beam_search(dec, v, START, END, beam_size=4, max_length=6, min_length=1, length_penalty=0.0)
     long = beam_search(dec, v, START, END, beam_size=4, max_length=6, min_length=1, length_penalty=3.0)
     assert sum(len(h[0].tokens) for h in long) >= sum(len(h[0].tokens) for h in short)

