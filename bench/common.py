@@ -10,9 +10,8 @@ from pathlib import Path
 import torch
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import create_encoder
+from captioner.encoders import create_encoder, encoder_spec
 from captioner.model import Captioner, default_model_path
-from captioner.preprocess import PreprocessConfig
 from captioner.vocab import SPECIALS, Vocabulary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,5 +40,6 @@ def load_or_build(model: str | None, vocab_size: int = 3000, hidden: int = 512) 
     torch.manual_seed(0)
     vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(vocab_size - len(SPECIALS)))])
     dec = CaptionDecoder(DecoderConfig(vocab_size=vocab_size, feature_dim=1280, hidden_dim=hidden, embed_dim=512))
-    return Captioner(create_encoder("efficientnet_lite0"), dec, vocab, PreprocessConfig(), "efficientnet_lite0"), \
+    return Captioner(create_encoder("efficientnet_lite0"), dec, vocab, encoder_spec("efficientnet_lite0").preprocess(),
+                     "efficientnet_lite0"), \
         f"random weights (vocab {vocab_size}, hidden {hidden})"

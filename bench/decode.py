@@ -53,10 +53,10 @@ def main() -> None:
           f"beam 3 {rows[0][3] / rows[1][3]:.1f}x faster")
     fused = {}
     for label, use_fast in (("fast path", True), ("fused nn.LSTM step", False)):
-        dec._fast = (lambda: False) if not use_fast else type(dec)._fast.__get__(dec)
+        dec.use_fast_path = use_fast
         fused[label] = (timed(lambda: model.decode(feats[1], method="greedy"), repeat=10),
                         timed(lambda: model.decode(feats[1], method="beam", beam_size=3), repeat=10))
-    del dec._fast
+    dec.use_fast_path = True
     (fg, fb), (sg, sb) = fused["fast path"], fused["fused nn.LSTM step"]
     print(f"batch-1 decoding with the model's defaults: greedy {1000 * fg:.1f} ms (fused step {1000 * sg:.1f} ms, "
           f"{sg / fg:.1f}x), beam 3 {1000 * fb:.1f} ms (fused step {1000 * sb:.1f} ms, {sb / fb:.1f}x)")

@@ -26,12 +26,11 @@ from pathlib import Path
 
 import torch
 
-from .common import PHOTOS, ROOT, load_or_build, timed
+from service.loopback import GunicornServer  # started and stopped as in the real-server tests
+from tests import fuzz  # the same malformed uploads the tests send (run from the repository root: make bench-serve)
+from tests import images as odd_images
 
-sys.path.insert(0, str(ROOT))
-from tests import fuzz  # noqa: E402  (the same malformed uploads the tests send)
-from tests import images as odd_images  # noqa: E402  (the same odd inputs the tests use)
-from tests.loopback import GunicornServer  # noqa: E402  (started and stopped as in the real-server tests)
+from .common import PHOTOS, load_or_build, timed
 
 
 class Server(GunicornServer):

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import create_encoder
+from captioner.encoders import create_encoder, encoder_spec
 from captioner.model import encode_images
-from captioner.preprocess import PreprocessConfig, preprocess
+from captioner.preprocess import preprocess
 from captioner.vocab import Vocabulary
 from training.datasets import read_flickr8k
 from training.features import build_or_load
-from training.train import encode_captions, epoch_batches
+from training.data import encode_captions, epoch_batches
 
 from .common import ROOT
 
@@ -62,7 +62,7 @@ def main() -> None:
     args = p.parse_args()
     recs = read_flickr8k(args.data_dir, ["train"])[: args.images]
     paths = [r.image_path for r in recs]
-    cfg = PreprocessConfig()
+    cfg = encoder_spec("efficientnet_lite0").preprocess()
     encoder = create_encoder("efficientnet_lite0", pretrained=True).eval().to(memory_format=torch.channels_last)
     vocab = Vocabulary.build((c for r in recs for c in r.captions), 1)
     img_idx, tokens, lengths = encode_captions(recs, vocab, 20)

@@ -1,4 +1,5 @@
-"""Command line: `python -m captioner caption [--model PATH] [options] IMAGE...`."""
+"""Command line: `python -m captioner caption [--model PATH] [--beam-size K ...] IMAGE...`; the decoding flags
+come from `DecodeOptions`, and those not given keep the model's own defaults."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import sys
 
 from .checkpoint import CheckpointError
-from .model import METHODS, default_model_path, load
+from .model import default_model_path, load
+from .options import add_arguments, from_arguments
 from .preprocess import ImageError
 
 
@@ -17,14 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     cap = sub.add_parser("caption", help="caption image files")
     cap.add_argument("images", nargs="+", metavar="IMAGE")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
-    cap.add_argument("--method", choices=METHODS, default="beam")
-    cap.add_argument("--beam-size", type=int, default=3)
-    cap.add_argument("--n-best", type=int, default=1)
-    cap.add_argument("--max-length", type=int, default=20)
-    cap.add_argument("--temperature", type=float, default=1.0)
-    cap.add_argument("--top-k", type=int, default=0)
-    cap.add_argument("--top-p", type=float, default=1.0)
-    cap.add_argument("--seed", type=int, default=None)
+    add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")
     args = parser.parse_args(argv)
 
@@ -33,12 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    options = dict(method=args.method, beam_size=args.beam_size, n_best=args.n_best, max_length=args.max_length,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    try:
+        options = model.default_options.updated(from_arguments(args), len(model.vocab), public_only=True)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     status = 0
     for path in args.images:
         try:
-            captions = model.caption([path], **options)[0]
+            captions = model.caption([path], options)[0]
         except (FileNotFoundError, ImageError, ValueError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             status = 1

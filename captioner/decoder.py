@@ -67,6 +67,7 @@ class CaptionDecoder(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
         self._table_key: tuple | None = None
+        self.use_fast_path = True  # set False to decode with the fused module's step (benchmarks compare the two)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -131,7 +132,7 @@ class CaptionDecoder(nn.Module):
     # per-image offsets), leaving h W_hh as the only matrix product per step. Same equations as the
     # fused module (tests compare them); used only without gradients, for single-layer decoders.
     def _fast(self) -> bool:
-        return not self.training and not torch.is_grad_enabled() and self.cfg.num_layers == 1
+        return self.use_fast_path and not self.training and not torch.is_grad_enabled() and self.cfg.num_layers == 1
 
     def _word_gates(self) -> torch.Tensor:
         w_ih, emb = self.rnn.weight_ih_l0, self.embed.weight

@@ -14,6 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from .decoder import CaptionDecoder
+from .options import DecodeOptions
+
+DEFAULT = DecodeOptions()  # every default below comes from here
 
 NEG_INF = float("-inf")
 
@@ -31,10 +34,6 @@ def _check(max_length: int, min_length: int) -> None:
         raise ValueError("max_length must be at least 1")
     if not 0 <= min_length <= max_length:
         raise ValueError("min_length must be between 0 and max_length")
-
-
-# Every method defaults to at least one word: an empty caption answers nothing, however likely <end> is.
-MIN_LENGTH = 1
 
 
 def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int) -> None:
@@ -58,7 +57,7 @@ class WordBans:
     end_id: int
     suppress: tuple[int, ...] = ()
     no_end_after: tuple[int, ...] = ()
-    min_length: int = MIN_LENGTH
+    min_length: int = DEFAULT.min_length
 
     def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Banned words [..., V] given the token just read, `previous` [...], at word `position` (0 for the
@@ -104,14 +103,14 @@ def sequential_decode(
     features: torch.Tensor,
     start_id: int,
     end_id: int,
-    max_length: int = 20,
-    min_length: int = MIN_LENGTH,
+    max_length: int = DEFAULT.max_length,
+    min_length: int = DEFAULT.min_length,
     sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
+    temperature: float = DEFAULT.temperature,
+    top_k: int = DEFAULT.top_k,
+    top_p: float = DEFAULT.top_p,
     seeds: Sequence[int | None] | int | None | torch.Generator = None,
-    no_repeat_ngram_size: int = 0,
+    no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
     suppress_ids: Sequence[int] = (),
     no_end_after: Sequence[int] = (),
 ) -> list[Hypothesis]:
@@ -180,12 +179,12 @@ def beam_search(
     features: torch.Tensor,
     start_id: int,
     end_id: int,
-    beam_size: int = 3,
-    n_best: int = 1,
-    max_length: int = 20,
-    min_length: int = MIN_LENGTH,
-    length_penalty: float = 0.0,
-    no_repeat_ngram_size: int = 0,
+    beam_size: int = DEFAULT.beam_size,
+    n_best: int = DEFAULT.n_best,
+    max_length: int = DEFAULT.max_length,
+    min_length: int = DEFAULT.min_length,
+    length_penalty: float = DEFAULT.length_penalty,
+    no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
     suppress_ids: Sequence[int] = (),
     no_end_after: Sequence[int] = (),
 ) -> list[list[Hypothesis]]:

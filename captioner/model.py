@@ -13,12 +13,12 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from .decoder import CaptionDecoder, DecoderConfig
-from .decoding import MIN_LENGTH, Hypothesis, beam_search, sequential_decode
+from .decoding import Hypothesis, WordBans, beam_search, sequential_decode
 from .encoders import create_encoder
+from .options import DecodeOptions
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, PreprocessConfig, preprocess
 from .vocab import Vocabulary
 
-METHODS = ("beam", "greedy", "sample")
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "flickr8k.safetensors"
 
 
@@ -47,6 +47,13 @@ def encode_images(encoder: nn.Module, batch: torch.Tensor, hflip_average: bool) 
     return v
 
 
+def word_bans(vocab: Vocabulary, options: DecodeOptions) -> WordBans:
+    """What decoding may not choose, for this vocabulary: <pad>, <start> and <unk> ever (a caption with
+    "<unk>" in it helps no one), <end> too early or after a `no_end_after` word. Decoding and SCST use it."""
+    return WordBans(vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id),
+                    tuple(vocab.stoi[w] for w in options.no_end_after if w in vocab.stoi), options.min_length)
+
+
 class Captioner:
     def __init__(
         self,
@@ -69,6 +76,7 @@ class Captioner:
         self.info = info or {}
         self.checkpoint_sha256 = checkpoint_sha256
         self.decoding = dict(decoding or {})  # e.g. {"length_penalty": 1.0, "no_repeat_ngram_size": 3}
+        self.default_options = DecodeOptions.from_dict(self.decoding)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -111,65 +119,49 @@ class Captioner:
         """Preprocessed images [N,3,H,W] -> image vectors [N,D]."""
         return encode_images(self.encoder, batch, self.preprocess_cfg.hflip_average)
 
-    def decode(
-        self,
-        features: torch.Tensor,
-        method: str = "beam",
-        beam_size: int = 3,
-        n_best: int = 1,
-        max_length: int = 20,
-        temperature: float = 1.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        seed: int | Sequence[int | None] | None = None,
-        min_length: int = MIN_LENGTH,
-        length_penalty: float | None = None,
-        no_repeat_ngram_size: int | None = None,
-        no_end_after: Sequence[str] | None = None,
-    ) -> list[list[Caption]]:
-        """Image vectors [N,D] -> per image, a list of captions (n_best of them for beam search).
+    def decode(self, features: torch.Tensor, options: DecodeOptions | None = None, *,
+               seeds: Sequence[int | None] | None = None, **overrides) -> list[list[Caption]]:
+        """Image vectors [N,D] -> per image, its captions (n_best of them), best first.
 
-        `length_penalty`, `no_repeat_ngram_size` and `no_end_after` (words a caption may not end on) default
-        to the checkpoint's `decoding` settings (chosen when it was trained), else off.
+        The one decoding path: training's validation, evaluation, the CLI and the service all come here.
+        `options` default to the model's own (`default_options`, chosen when it was trained); keyword
+        `overrides` (e.g. beam_size=5) are laid over them and validated; `seeds` gives each image its own
+        sampling seed. Always decodes in eval mode (no dropout), whatever mode the decoder is in.
         """
-        if min_length < 1:
-            raise ValueError(f"min_length must be at least 1 (an empty caption answers nothing), got {min_length}")
-        if length_penalty is None:
-            length_penalty = float(self.decoding.get("length_penalty", 0.0))
-        if no_repeat_ngram_size is None:
-            no_repeat_ngram_size = int(self.decoding.get("no_repeat_ngram_size", 0))
-        if no_end_after is None:
-            no_end_after = self.decoding.get("no_end_after", ())
-        ids = dict(start_id=self.vocab.start_id, end_id=self.vocab.end_id)
-        v = self.vocab  # never emit <pad>, <start> or <unk>: a caption with "<unk>" in it helps no one
-        common = dict(max_length=max_length, min_length=min_length, no_repeat_ngram_size=no_repeat_ngram_size,
-                      suppress_ids=(v.pad_id, v.start_id, v.unk_id),
-                      no_end_after=[v.stoi[w] for w in no_end_after if w in v.stoi])
-        if method == "beam":
-            hyps = beam_search(self.decoder, features, **ids, **common, beam_size=beam_size, n_best=n_best,
-                               length_penalty=length_penalty)
-        elif method in ("greedy", "sample"):
-            if n_best != 1:
-                raise ValueError(f"n_best > 1 needs method='beam' (got method={method!r})")
-            sample = method == "sample"
-            one = sequential_decode(self.decoder, features, **ids, **common, sample=sample, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, seeds=seed if sample else None)
-            hyps = [[h] for h in one]
-        else:
-            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        opts = (options or self.default_options).updated(overrides, len(self.vocab))
+        bans = word_bans(self.vocab, opts)
+        common = dict(start_id=self.vocab.start_id, end_id=bans.end_id, max_length=opts.max_length,
+                      min_length=bans.min_length, no_repeat_ngram_size=opts.no_repeat_ngram_size,
+                      suppress_ids=bans.suppress, no_end_after=bans.no_end_after)
+        training = self.decoder.training
+        self.decoder.eval()
+        try:
+            if opts.method == "beam" and opts.beam_size > 1:
+                hyps = beam_search(self.decoder, features, **common, beam_size=opts.beam_size, n_best=opts.n_best,
+                                   length_penalty=opts.length_penalty)
+            else:  # greedy, sampling, and beam 1, which is greedy decoding exactly (tested)
+                sample = opts.method == "sample"
+                per_image = seeds if seeds is not None else opts.seed
+                hyps = [[h] for h in sequential_decode(self.decoder, features, **common, sample=sample,
+                                                       temperature=opts.temperature, top_k=opts.top_k,
+                                                       top_p=opts.top_p, seeds=per_image if sample else None)]
+        finally:
+            self.decoder.train(training)
         return [[self._caption(h) for h in per_image] for per_image in hyps]
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], **options) -> list[list[Caption]]:
+    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None,
+                **overrides) -> list[list[Caption]]:
         """Caption PIL images, paths or encoded bytes; always returns one list of captions per image.
 
-        A single image (not in a list) counts as a batch of one. Options are those of :meth:`decode`.
+        A single image (not in a list) counts as a batch of one. `options` and keyword overrides (and
+        `seeds`) are those of :meth:`decode`.
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             return []
         batch = torch.stack([self.preprocess(im) for im in images])
-        return self.decode(self.encode(batch), **options)
+        return self.decode(self.encode(batch), options, **overrides)
 
     def _caption(self, h: Hypothesis) -> Caption:
         words = self.vocab.decode(h.tokens)

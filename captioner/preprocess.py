@@ -26,10 +26,13 @@ class ImageTooLarge(ImageError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    size: int = 224
-    resize: str = "squash"  # "squash": straight to size x size; "center_crop": shorter side to size, then crop
-    mean: tuple[float, float, float] = (0.498, 0.498, 0.498)
-    std: tuple[float, float, float] = (0.502, 0.502, 0.502)
+    """How an image becomes the encoder's input. No defaults for what depends on the encoder: ask its
+    registry entry (`captioner.encoders.encoder_spec(name).preprocess()`)."""
+
+    size: int
+    resize: str  # "squash": straight to size x size; "center_crop": shorter side to size, then crop
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
     hflip_average: bool = False  # average the encoder's vector over the image and its mirror
 
     def to_dict(self) -> dict:

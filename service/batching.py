@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 
 from captioner.model import Caption, Captioner
+from captioner.options import DecodeOptions
 
-from .options import DecodeOptions
 
 
 @dataclass
@@ -50,13 +50,8 @@ def run_batch(model: Captioner, jobs: list[Job]) -> None:
         for i, job in enumerate(jobs):
             groups[job.options.batch_key()].append(i)
         for rows in groups.values():
-            opts = jobs[rows[0]].options
             t1 = time.perf_counter()
-            captions = model.decode(
-                features[rows], method=opts.method, beam_size=opts.beam_size, n_best=opts.n_best,
-                max_length=opts.max_length, temperature=opts.temperature, top_k=opts.top_k, top_p=opts.top_p,
-                seed=[jobs[i].options.seed for i in rows],
-            )
+            captions = model.decode(features[rows], jobs[rows[0]].options, seeds=[jobs[i].options.seed for i in rows])
             decode_ms = (time.perf_counter() - t1) * 1000
             for i, caps in zip(rows, captions):
                 jobs[i].future.set_result(Result(caps, len(jobs), (started - jobs[i].submitted) * 1000, encode_ms, decode_ms))

@@ -6,6 +6,10 @@ across workers, run one worker per container (the default) and scale containers.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+from flask import Flask, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -21,3 +25,19 @@ class ServiceMetrics:
         self.model_load = Gauge("captioner_model_load_seconds", "Time to load and warm up the model",
                                 registry=self.registry)
         self.ready = Gauge("captioner_ready", "1 when the model is loaded and warm", registry=self.registry)
+
+
+def init_app(app: Flask, state: Callable) -> None:
+    """Count every request by endpoint and status, and time it; `state()` holds the worker's metrics."""
+
+    @app.before_request
+    def _start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response):
+        m = state().metrics
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        m.requests.labels(endpoint, str(response.status_code)).inc()
+        m.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response

@@ -3,31 +3,35 @@
 from __future__ import annotations
 
 from captioner import __version__
-
-from .options import DEFAULTS, LIMITS, MAX_SEED, METHODS
+from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-
-def _bounded(kind: str, name: str, exclusive_min: bool = False) -> dict:
-    lo, hi = LIMITS[name]
-    return {"type": kind, "exclusiveMinimum" if exclusive_min else "minimum": lo, "maximum": hi,
-            "default": getattr(DEFAULTS, name)}
+_JSON_TYPES = {int: "integer", float: "number", str: "string"}
 
 
-_OPTIONS = {
-    "method": {"type": "string", "enum": list(METHODS), "default": DEFAULTS.method},
-    "beam_size": _bounded("integer", "beam_size"),
-    "n_best": {**_bounded("integer", "n_best"), "description": "at most beam_size; >1 needs beam"},
-    "max_length": _bounded("integer", "max_length"),
-    "temperature": _bounded("number", "temperature", exclusive_min=True),
-    "top_k": {"type": "integer", "minimum": 0, "default": DEFAULTS.top_k, "description": "0 = no limit"},
-    "top_p": _bounded("number", "top_p", exclusive_min=True),
-    "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED, "description": "makes method=sample reproducible"},
-}
+def option_schemas(defaults: DecodeOptions) -> dict:
+    """One JSON schema per public decoding option, from DecodeOptions' own types, ranges and help."""
+    out = {}
+    for name in PUBLIC_OPTIONS:
+        meta = OPTION_FIELDS[name].metadata
+        kind = type(getattr(DecodeOptions(), name)) if name != "seed" else int
+        schema = {"type": _JSON_TYPES[kind], "description": meta["help"]}
+        if meta["choices"]:
+            schema["enum"] = list(meta["choices"])
+        if meta["lo"] is not None:
+            schema["exclusiveMinimum" if meta["lo_open"] else "minimum"] = meta["lo"]
+        if meta["hi"] is not None:
+            schema["maximum"] = meta["hi"]
+        if getattr(defaults, name) is not None:
+            schema["default"] = getattr(defaults, name)
+        out[name] = schema
+    return out
 
 
-def openapi_spec() -> dict:
-    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in _OPTIONS.items()]
+def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
+    """The document; option defaults are the served model's own when given, else DecodeOptions'."""
+    options = option_schemas(defaults or DecodeOptions())
+    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in options.items()]
     return {
         "openapi": "3.1.0",
         "info": {"title": "captioner", "version": __version__,
@@ -39,9 +43,9 @@ def openapi_spec() -> dict:
                 "parameters": params,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary"}, **_OPTIONS}}},
+                        "image": {"type": "string", "format": "binary"}, **options}}},
                     "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "contentEncoding": "base64"}, **_OPTIONS},
+                        "image": {"type": "string", "contentEncoding": "base64"}, **options},
                         "additionalProperties": False}},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                 }},
@@ -73,8 +77,9 @@ def openapi_spec() -> dict:
             "CaptionResponse": {"type": "object", "required": ["captions", "model", "timing_ms", "options", "batch_size"],
                                 "properties": {
                 "captions": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Caption"}},
-                "options": {"type": "object", "description": "the options used, defaults filled in",
-                            "properties": {**_OPTIONS, "seed": {"type": ["integer", "null"]}}},
+                "options": {"type": "object", "description": "the options used, the model's defaults filled in",
+                            "required": list(PUBLIC_OPTIONS), "additionalProperties": False,
+                            "properties": {**options, "seed": {"type": ["integer", "null"]}}},
                 "model": {"type": "object", "required": ["name", "checkpoint_sha256"], "properties": {
                     "name": {"type": "string"}, "checkpoint_sha256": {"type": ["string", "null"]}}},
                 "timing_ms": {"type": "object", "required": ["total"],

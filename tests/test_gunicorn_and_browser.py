@@ -11,9 +11,9 @@ import uuid
 import pytest
 
 from captioner.checkpoint import save
+from service.loopback import GunicornServer
 
 from . import fuzz
-from .loopback import GunicornServer
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from PIL import Image
 from captioner.preprocess import ImageError, PreprocessConfig, image_to_tensor, load_image, preprocess
 
 from . import images
+from .conftest import LITE0
 
 
 def test_exif_orientation_is_applied():
@@ -20,7 +21,7 @@ def test_exif_orientation_is_applied():
 def test_odd_modes_become_8bit_rgb(make):
     img = load_image(make())
     assert img.mode == "RGB"
-    assert preprocess(make(), PreprocessConfig()).shape == (3, 224, 224)
+    assert preprocess(make(), LITE0.preprocess()).shape == (3, 224, 224)
 
 
 def test_cmyk_keeps_colours():
@@ -54,19 +55,19 @@ def test_decompression_bomb_rejected_before_decoding():
 
 
 def test_normalisation_and_resize_modes():
-    cfg = PreprocessConfig(size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    cfg = PreprocessConfig(size=32, resize="squash", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     x = image_to_tensor(Image.new("RGB", (64, 16), (255, 0, 0)), cfg)
     assert x.shape == (3, 32, 32)
     assert torch.allclose(x[0], torch.ones(32, 32)) and torch.allclose(x[1], -torch.ones(32, 32))
-    crop = PreprocessConfig(size=16, resize="center_crop")
+    crop = LITE0.preprocess(size=16, resize="center_crop")
     y = image_to_tensor(images.left_red_right_blue(64, 16), crop)  # centre 16x16 straddles red|blue
     assert y.shape == (3, 16, 16) and y[0, :, 0].mean() > y[0, :, -1].mean()
     with pytest.raises(ValueError):
-        PreprocessConfig(resize="stretch")
+        LITE0.preprocess(resize="stretch")
 
 
 def test_paths_and_pil_images_are_accepted(cat_photo):
-    cfg = PreprocessConfig()
+    cfg = LITE0.preprocess()
     a = preprocess(cat_photo, cfg)
     b = preprocess(cat_photo.read_bytes(), cfg)
     c = preprocess(Image.open(cat_photo), cfg)

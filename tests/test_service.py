@@ -8,9 +8,9 @@ import jsonschema
 import pytest
 from referencing import Registry, Resource
 
+from captioner.options import DecodeOptions, OptionError
 from service.app import create_app
 from service.openapi import openapi_spec
-from service.options import DecodeOptions, OptionError, parse_options
 from service.settings import Settings
 
 from . import images
@@ -149,10 +149,34 @@ def test_out_of_range_options_are_422(client, cat_photo, opts):
 
 
 def test_json_options_type_checks():
-    assert parse_options({"beam_size": 5, "temperature": 0.5}, 100) == DecodeOptions(beam_size=5, temperature=0.5)
-    for bad in ({"beam_size": True}, {"beam_size": [3]}, {"temperature": None}, {"top_k": 101}):
+    parse = lambda raw: DecodeOptions().updated(raw, 100, public_only=True)  # noqa: E731  (as the service does)
+    assert parse({"beam_size": 5, "temperature": 0.5}) == DecodeOptions(beam_size=5, temperature=0.5)
+    assert parse({"beam_size": "5", "seed": ""}) == DecodeOptions(beam_size=5)
+    for bad in ({"beam_size": True}, {"beam_size": [3]}, {"temperature": None}, {"top_k": 101},
+                {"no_end_after": ["a"]}, {"length_penalty": -1}, {"min_length": 30, "max_length": 20}):
         with pytest.raises(OptionError):
-            parse_options(bad, 100)
+            parse(bad)
+
+
+def test_requests_start_from_the_models_own_defaults(small_captioner, cat_photo, tmp_path):
+    """A model trained with length penalty 2 and a trigram block serves with them unless a request says
+    otherwise; the response and /openapi.json show the values used."""
+    from dataclasses import replace as dc_replace
+
+    from captioner import load
+    from captioner.checkpoint import save
+
+    ck = dc_replace(small_captioner.checkpoint(), decoding={"length_penalty": 2.0, "no_repeat_ngram_size": 3})
+    save(tmp_path / "tuned.safetensors", ck)
+    client = create_app(Settings(model_path=str(tmp_path / "tuned.safetensors"))).test_client()
+    used = post_multipart(client, cat_photo.read_bytes()).get_json()["options"]
+    assert used["length_penalty"] == 2.0 and used["no_repeat_ngram_size"] == 3 and used["beam_size"] == 3
+    assert "no_end_after" not in used
+    used = post_multipart(client, cat_photo.read_bytes(), length_penalty="0").get_json()["options"]
+    assert used["length_penalty"] == 0.0
+    spec = client.get("/openapi.json").get_json()
+    assert spec["components"]["schemas"]["CaptionResponse"]["properties"]["options"]["properties"]["length_penalty"]["default"] == 2.0
+    assert load(tmp_path / "tuned.safetensors").default_options.length_penalty == 2.0
 
 
 def test_not_ready_is_503_until_loaded(tmp_path):

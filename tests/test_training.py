@@ -12,15 +12,16 @@ import captioner
 from captioner.checkpoint import load as load_checkpoint
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
-from captioner.preprocess import PreprocessConfig
 from training import demo
 from training.config import TrainConfig, load_config
-from training.features import build_or_load
+from training.features import build_or_load, is_complete
 from training.metrics import quick_scores
-from training.train import (Trainer, decode_features, policy_gradient_loss, rarely_final_words, scst_advantages,
-                            scst_samples)
+from training.data import rarely_final_words
+from training.datasets import DataError
+from training.scst import policy_gradient_loss, scst_advantages, scst_samples
+from training.train import Trainer
 
-from .conftest import TRAINING_OVERRIDES, tiny_decoder, tiny_vocab
+from .conftest import LITE0, TRAINING_OVERRIDES, tiny_decoder, tiny_vocab
 
 START, END = 1, 2
 
@@ -42,8 +43,8 @@ def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
 
 
 def train_bleu(trainer: Trainer) -> float:
-    caps = decode_features(trainer.decoder, trainer.train_feats, trainer.vocab, 1, 20)
-    return quick_scores(trainer.val_cider, caps, [list(r.captions) for r in trainer.train_recs])["BLEU-4"]
+    caps = [c[0].text for c in trainer.captioner.decode(trainer.data.train_feats, method="greedy")]
+    return quick_scores(trainer.val_cider, caps, [list(r.captions) for r in trainer.data.train])["BLEU-4"]
 
 
 @pytest.mark.slow
@@ -75,8 +76,8 @@ def test_vocabulary_comes_from_training_captions_only(demo_dir, cache_dir, tmp_p
     with open(data / "Flickr8k.token.txt", "a") as f:
         f.write(f"{dev_image}#5\tzebraword only in dev\n")
     trainer = Trainer(demo_config(data, cache_dir, tmp_path / "out", epochs=1))
-    assert "zebraword" not in trainer.vocab.stoi and "triangle" in trainer.vocab.stoi
-    assert any("zebraword" in c for refs in trainer.val_refs for c in refs)
+    assert "zebraword" not in trainer.data.vocab.stoi and "triangle" in trainer.data.vocab.stoi
+    assert any("zebraword" in c for refs in trainer.data.val_refs for c in refs)
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(demo_dir, cache_dir, tmp_path, monkeypatch):
@@ -159,7 +160,7 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
     assert all(0 < h["scst_sample_cider"] and "val_CIDEr-D" in h for h in rl.state["history"])
     assert any(not torch.equal(start[k], v) for k, v in rl.decoder.state_dict().items())  # it did update
 
-    with pytest.raises(SystemExit, match="vocabulary or decoder config differs"):
+    with pytest.raises(ValueError, match="vocabulary or decoder config differs"):
         Trainer(demo_config(demo_dir, cache_dir, tmp_path / "other", hidden_dim=64, init_from=str(best)))
 
 
@@ -254,12 +255,12 @@ def test_feature_cache_reuse_invalidation_and_resume(demo_dir, tmp_path):
     torch.manual_seed(0)
     enc = create_encoder("efficientnet_lite0").eval()
     paths = sorted((demo_dir / "images").iterdir())[:10]
-    pre = PreprocessConfig(size=64)
+    pre = LITE0.preprocess(size=64)
     kw = dict(batch_size=4, num_workers=0, progress=False)
 
     clean = build_or_load(tmp_path / "a", enc, "lite0:x", pre, paths, demo_dir, **kw)
     reference = clean.tensor(paths)
-    assert reference.shape == (10, 1280) and clean.complete
+    assert reference.shape == (10, 1280) and is_complete(clean.root)
 
     counting = CountingEncoder(enc)
     again = build_or_load(tmp_path / "a", counting, "lite0:x", pre, paths, demo_dir, **kw)
@@ -283,7 +284,7 @@ def test_feature_cache_reuse_invalidation_and_resume(demo_dir, tmp_path):
 
 def test_missing_data_stops_with_instructions(tmp_path):
     cfg = TrainConfig(data_dir=str(tmp_path / "nope"), out_dir=str(tmp_path / "o"), progress=False)
-    with pytest.raises(SystemExit, match="Flickr8k.token.txt"):
+    with pytest.raises(DataError, match="Flickr8k.token.txt"):
         Trainer(cfg)
 
 
@@ -324,18 +325,29 @@ def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
     assert captioner.load(out / "model.safetensors").decoder.cfg.cell == "lstm"
 
 
-def test_evaluate_command_scores_a_split_with_decoding_overrides(demo_dir, cache_dir, tmp_path, capsys):
+def test_training_reports_the_captions_evaluate_gives_for_the_exported_model(demo_dir, cache_dir, tmp_path, capsys):
+    """One decoding path: what training reports for the val split (captions and scores) is exactly what
+    `training.evaluate` says of the exported checkpoint with its default decoding; then overrides work."""
     from training import evaluate
 
-    trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path, epochs=3, final_beam_sizes=[1]))
+    trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path, epochs=3, final_beam_sizes=[1],
+                                  length_penalty=0.7, no_repeat_ngram_size=2, block_bad_endings=True))
     trainer.fit()
-    trainer.finish()
-    args = ["--model", str(tmp_path / "model.safetensors"), "--format", "flickr8k", "--data-dir", str(demo_dir),
-            "--split", "dev", "--beam-size", "3", "--length-penalty", "0.5", "--no-repeat-ngram", "2",
-            "--out", str(tmp_path / "m.json"), "--captions-out", str(tmp_path / "c.json")]
+    reported = trainer.finish()
+    common = ["--model", str(tmp_path / "model.safetensors"), "--format", "flickr8k", "--data-dir", str(demo_dir),
+              "--split", "dev", "--num-workers", "0"]
+    assert evaluate.main(common + ["--out", str(tmp_path / "d.json"), "--captions-out", str(tmp_path / "d_caps.json")]) == 0
+    assert json.loads((tmp_path / "d_caps.json").read_text()) == json.loads((tmp_path / "val_captions.json").read_text())
+    default = json.loads((tmp_path / "d.json").read_text())
+    assert {k: default[k] for k in reported["default"]} == reported["default"]
+    assert default["beam_size"] == 3 and default["length_penalty"] == 0.7 and default["no_repeat_ngram_size"] == 2
+    assert captioner.load(tmp_path / "model.safetensors").metrics == reported  # stored in the checkpoint too
+
+    args = common + ["--beam-size", "3", "--length-penalty", "0.5", "--no-repeat-ngram-size", "2",
+                     "--out", str(tmp_path / "m.json"), "--captions-out", str(tmp_path / "c.json")]
     assert evaluate.main(args) == 0
     result = json.loads((tmp_path / "m.json").read_text())
-    assert result["images"] == len(trainer.val_recs) and result["beam_size"] == 3
+    assert result["images"] == len(trainer.data.val) and result["beam_size"] == 3
     assert result["length_penalty"] == 0.5 and result["no_repeat_ngram_size"] == 2
     assert 0 <= result["BLEU-4"] <= 100 and result["CIDEr"] >= 0
     captions = json.loads((tmp_path / "c.json").read_text())

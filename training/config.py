@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
 
+from captioner.options import DecodeOptions
+
 
 @dataclass
 class TrainConfig:
@@ -25,8 +27,8 @@ class TrainConfig:
     # encoder and preprocessing (travel inside the checkpoint)
     encoder: str = "efficientnet_lite0"
     encoder_weights: str = ""  # empty: the encoder's default local weights
-    image_size: int = 224
-    resize: str = "squash"
+    image_size: int = 0  # 0: the encoder's native input size (its registry entry)
+    resize: str = ""  # squash | center_crop; empty: the encoder's own
     hflip_average: bool = False
     # decoder
     cell: str = "lstm"
@@ -53,14 +55,13 @@ class TrainConfig:
     scst_batch_images: int = 32
     scst_baseline: str = "greedy"  # greedy: the greedy caption's reward (Rennie et al.); mean: the other samples' mean (Luo 2020)
     scst_max_words: int = 0  # sampled caption length during SCST; 0 = max_caption_words
-    # evaluation during training: real decoding, never teacher-forced output
-    val_beam_size: int = 1
-    val_max_images: int = 0  # 0 = all
-    final_beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5])
-    # decoding defaults stored in the exported model (beam search; greedy and sampling ignore the penalty)
-    length_penalty: float = 0.0
-    no_repeat_ngram_size: int = 0
+    # decoding: the model is selected (val CIDEr-D each epoch, real decoding) with these and ships with them
+    beam_size: int = DecodeOptions.beam_size  # 1 = greedy
+    length_penalty: float = DecodeOptions.length_penalty  # beam search only
+    no_repeat_ngram_size: int = DecodeOptions.no_repeat_ngram_size
     block_bad_endings: bool = False  # no <end> after words that (almost) never end a training caption
+    val_max_images: int = 0  # 0 = all
+    final_beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5])  # also scored at the end
     # run
     out_dir: str = "runs/flickr8k"
     cache_dir: str = "cache/features"

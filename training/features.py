@@ -26,7 +26,9 @@ from captioner.preprocess import PreprocessConfig, preprocess
 log = logging.getLogger(__name__)
 
 
-class _Images(Dataset):
+class ImageDataset(Dataset):
+    """Image files -> preprocessed tensors, for a DataLoader (feature extraction, evaluation)."""
+
     def __init__(self, paths: list[Path], cfg: PreprocessConfig):
         self.paths, self.cfg = paths, cfg
 
@@ -72,10 +74,6 @@ class FeatureCache:
         self.array = np.memmap(root / "features.f16", dtype=np.float16, mode="r", shape=(n, d))
         self.row = {path: i for i, path in enumerate(self.index["images"])}
 
-    @property
-    def complete(self) -> bool:
-        return _progress(self.root) >= self.index["shape"][0]
-
     def tensor(self, paths: list[Path]) -> torch.Tensor:
         """float32 vectors for `paths`, in that order."""
         rows = [self.row[name] for name in relative_names(paths, self.data_root)]
@@ -88,11 +86,17 @@ def _progress(root: Path) -> int:
 
 
 def cache_root(cache_dir: str | Path, encoder_id: str, cfg: PreprocessConfig, paths: list[Path], data_root: Path) -> Path:
+    """The one place the cache's folder (its key) is computed."""
     return Path(cache_dir) / cache_key(encoder_id, cfg, sorted(set(relative_names(paths, data_root))))
 
 
 def is_complete(root: Path) -> bool:
     return (root / "index.json").is_file() and _progress(root) >= json.loads((root / "index.json").read_text())["shape"][0]
+
+
+def is_cached(cache_dir: str | Path, encoder_id: str, cfg: PreprocessConfig, paths: list[Path], data_root: Path) -> bool:
+    """Whether every image's vector is already in the cache (then the images need not be read again)."""
+    return is_complete(cache_root(cache_dir, encoder_id, cfg, paths, data_root))
 
 
 def build_or_load(
@@ -125,7 +129,7 @@ def build_or_load(
     if done:
         log.info("resuming feature extraction at image %d of %d", done, n)
     array = np.memmap(root / "features.f16", dtype=np.float16, mode="r+", shape=(n, d))
-    loader = DataLoader(_Images(paths[done:], cfg), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(ImageDataset(paths[done:], cfg), batch_size=batch_size, num_workers=num_workers,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
     encoder = encoder.eval().to(device).to(memory_format=torch.channels_last)
     start = time.perf_counter()

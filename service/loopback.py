@@ -1,4 +1,5 @@
-"""The real service on this machine: gunicorn serving the app on a free loopback port.
+"""The real service as a child process: gunicorn serving the app on a free loopback port, ready when the
+`with` block starts and stopped (SIGTERM, then SIGKILL) when it ends.
 
 Used by the real-server tests and by `make bench-serve`, so both start, wait for and stop it the same way.
 """
