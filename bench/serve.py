@@ -2,7 +2,8 @@
 
 * throughput: N concurrent clients send real photos for a fixed count; requests/s, p50/p90/p99 and errors,
   batching on vs off (ratio);
-* overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio);
+* overhead: one request at a time over HTTP vs the bare `Captioner.caption` call in this process (ratio),
+  and explain=true requests beside plain ones on the same server;
 * soak: 32 clients, `--soak-rounds` rounds of `--soak-requests` requests mixing good photos with seeded
   malformed uploads (tests/fuzz.py: truncated, bit-flipped, padded or random bytes in six formats, three
   transports, odd content types and options): 5xx count, worker restarts, and the worker's resident memory
@@ -135,10 +136,15 @@ def main() -> None:
     srv = Server(model_path, 5.0, threads=4)
     try:
         single = statistics.median([request(srv.port, "POST", "/v1/captions", photos[0])[1] for _ in range(20)])
+        explained = statistics.median([request(srv.port, "POST", "/v1/captions?explain=true", photos[0])[1]
+                                       for _ in range(10)])
+        plain_again = statistics.median([request(srv.port, "POST", "/v1/captions", photos[0])[1] for _ in range(20)])
     finally:
         srv.stop()
     print(f"single request: HTTP {1000 * single:.1f} ms vs bare Captioner.caption {1000 * bare:.1f} ms "
           f"-> service overhead {single / bare:.2f}x ({1000 * (single - bare):.1f} ms)")
+    print(f"explain=true (7x7 occlusion, n_best 1): {1000 * explained:.0f} ms vs plain {1000 * single:.1f} ms "
+          f"({explained / single:.1f}x); plain again after explain requests: {1000 * plain_again:.1f} ms")
 
     rng = random.Random(0)
     bad = fuzz.cases(PHOTOS[0], args.soak_requests, seed=0)  # malformed uploads, as in the real-server test

@@ -174,6 +174,24 @@ def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequence
 
 
 @torch.inference_mode()
+def teacher_forced_steps(decoder: CaptionDecoder, features: torch.Tensor, ids: Sequence[int],
+                         start_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feed <start> and then `ids` (a caption's word ids, and <end> if it finished) through the same
+    `decoder.step` decoding uses, for each image vector [N, D]. Returns the log-softmax of every step
+    [N, T, V] (step t predicts ids[t]) and the top layer's cell activation while predicting it [N, T, H]:
+    tanh(c_t) for an LSTM, h_t for a GRU or tanh RNN."""
+    state = decoder.start(features)
+    token = torch.full((features.size(0),), start_id, dtype=torch.long, device=features.device)
+    log_probs, activations = [], []
+    for word in ids:
+        logits, state = decoder.step(token, state)
+        log_probs.append(F.log_softmax(logits.float(), dim=-1))
+        activations.append((torch.tanh(state["c"][-1]) if "c" in state else state["h"][-1]).float())
+        token = torch.full_like(token, word)
+    return torch.stack(log_probs, 1), torch.stack(activations, 1)
+
+
+@torch.inference_mode()
 def beam_search(
     decoder: CaptionDecoder,
     features: torch.Tensor,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,6 +15,7 @@ from . import checkpoint as ckpt_io
 from .decoder import CaptionDecoder, DecoderConfig
 from .decoding import Hypothesis, WordBans, beam_search, sequential_decode
 from .encoders import create_encoder
+from .explain import Explanation, explain_captions
 from .options import DecodeOptions
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, PreprocessConfig, preprocess
 from .vocab import Vocabulary
@@ -33,9 +34,14 @@ class Caption:
     tokens: list[str]
     log_prob: float
     finished: bool = True  # False if max_length cut it before <end>
+    ids: list[int] = field(default_factory=list, repr=False)  # the word ids, for scoring it again
+    explanation: Explanation | None = field(default=None, repr=False)  # with caption(..., explain=True)
 
     def to_dict(self) -> dict:
-        return {"text": self.text, "tokens": self.tokens, "log_prob": round(self.log_prob, 4)}
+        d = {"text": self.text, "tokens": self.tokens, "log_prob": round(self.log_prob, 4)}
+        if self.explanation is not None:
+            d["explanation"] = self.explanation.to_dict()
+        return d
 
 
 def encode_images(encoder: nn.Module, batch: torch.Tensor, hflip_average: bool) -> torch.Tensor:
@@ -149,23 +155,35 @@ class Captioner:
             self.decoder.train(training)
         return [[self._caption(h) for h in per_image] for per_image in hyps]
 
-    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None,
-                **overrides) -> list[list[Caption]]:
+    def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,
+                explain: bool = False, seeds: Sequence[int | None] | None = None, **overrides) -> list[list[Caption]]:
         """Caption PIL images, paths or encoded bytes; always returns one list of captions per image.
 
-        A single image (not in a list) counts as a batch of one. `options` and keyword overrides (and
-        `seeds`) are those of :meth:`decode`.
+        A single image (not in a list) counts as a batch of one. `options`, keyword overrides and `seeds`
+        are those of :meth:`decode`. With `explain`, each caption carries an :class:`Explanation` (word
+        probabilities, alternatives, entropy, occlusion saliency, cell traces; at most
+        `explain.MAX_N_BEST` captions per image).
         """
         if not isinstance(images, (list, tuple)):
             images = [images]
         if not images:
             return []
+        opts = (options or self.default_options).updated(overrides, len(self.vocab))
         batch = torch.stack([self.preprocess(im) for im in images])
-        return self.decode(self.encode(batch), options, **overrides)
+        captions = self.decode(self.encode(batch), opts, seeds=seeds)
+        if explain:
+            for image, caps in zip(batch, captions):
+                self.explain(image, caps, opts)
+        return captions
+
+    def explain(self, image: torch.Tensor, captions: list[Caption], options: DecodeOptions | None = None) -> None:
+        """Attach an Explanation to each of one preprocessed image's [3,H,W] captions."""
+        for caption, explanation in zip(captions, explain_captions(self, image, captions, options or self.default_options)):
+            caption.explanation = explanation
 
     def _caption(self, h: Hypothesis) -> Caption:
         words = self.vocab.decode(h.tokens)
-        return Caption(" ".join(words), words, h.log_prob, h.finished)
+        return Caption(" ".join(words), words, h.log_prob, h.finished, ids=list(h.tokens))
 
     def describe(self) -> dict:
         """A JSON-able summary: what the service's /v1/model returns."""

@@ -26,6 +26,7 @@ from captioner.options import DecodeOptions
 class Job:
     image: torch.Tensor  # preprocessed [3, H, W]
     options: DecodeOptions
+    explain: bool = False  # attach an Explanation to each caption (after the batch's decoding)
     future: Future = field(default_factory=Future)
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -54,6 +55,8 @@ def run_batch(model: Captioner, jobs: list[Job]) -> None:
             captions = model.decode(features[rows], jobs[rows[0]].options, seeds=[jobs[i].options.seed for i in rows])
             decode_ms = (time.perf_counter() - t1) * 1000
             for i, caps in zip(rows, captions):
+                if jobs[i].explain:  # on this thread too: torch work stays on one thread per worker
+                    model.explain(jobs[i].image, caps, jobs[i].options)
                 jobs[i].future.set_result(Result(caps, len(jobs), (started - jobs[i].submitted) * 1000, encode_ms, decode_ms))
     except BaseException as exc:  # never leave a request thread waiting forever
         for job in jobs:
@@ -76,8 +79,8 @@ class Batcher:
     def enabled(self) -> bool:
         return self._thread is not None
 
-    def submit(self, image: torch.Tensor, options: DecodeOptions, timeout: float) -> Result:
-        job = Job(image, options)
+    def submit(self, image: torch.Tensor, options: DecodeOptions, timeout: float, explain: bool = False) -> Result:
+        job = Job(image, options, explain)
         if not self.enabled:
             with self._lock:
                 self.on_batch(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from captioner import __version__
+from captioner.explain import MAX_N_BEST
 from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -28,10 +29,37 @@ def option_schemas(defaults: DecodeOptions) -> dict:
     return out
 
 
+_PROB = {"type": "number", "minimum": 0, "maximum": 1}
+_EXPLAIN = {"type": "boolean", "default": False,
+            "description": f"add an explanation to each caption (slower; n_best at most {MAX_N_BEST})"}
+_EXPLANATION = {
+    "type": "object", "required": ["words", "cells", "grid", "saliency_method"], "additionalProperties": False,
+    "description": "per word (the caption's words, then <end> if it finished): probability, alternatives, entropy "
+                   "and occlusion saliency; the cells whose activation varies most over the caption",
+    "properties": {
+        "grid": {"type": "integer", "minimum": 1, "description": "saliency maps are grid x grid, row-major from the top left"},
+        "saliency_method": {"type": "string", "enum": ["occlusion"]},
+        "words": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["word", "prob", "entropy", "alternatives", "saliency"], "additionalProperties": False,
+            "properties": {
+                "word": {"type": "string"}, "prob": _PROB, "entropy": {"type": "number", "minimum": 0},
+                "alternatives": {"type": "array", "items": {"type": "object", "required": ["word", "prob"],
+                                                            "properties": {"word": {"type": "string"}, "prob": _PROB}}},
+                "saliency": {"type": "array", "items": {"type": "array", "items": {"type": "number"}},
+                             "description": "drop in the word's log-probability when each region is greyed out"}}}},
+        "cells": {"type": "array", "items": {
+            "type": "object", "required": ["cell", "activation"], "additionalProperties": False,
+            "properties": {"cell": {"type": "integer", "minimum": 0},
+                           "activation": {"type": "array", "items": {"type": "number", "minimum": -1, "maximum": 1}}}}},
+    },
+}
+
+
 def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
     """The document; option defaults are the served model's own when given, else DecodeOptions'."""
     options = option_schemas(defaults or DecodeOptions())
-    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in options.items()]
+    fields = {**options, "explain": _EXPLAIN}
+    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in fields.items()]
     return {
         "openapi": "3.1.0",
         "info": {"title": "captioner", "version": __version__,
@@ -43,9 +71,9 @@ def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
                 "parameters": params,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary"}, **options}}},
+                        "image": {"type": "string", "format": "binary"}, **fields}}},
                     "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "contentEncoding": "base64"}, **options},
+                        "image": {"type": "string", "contentEncoding": "base64"}, **fields},
                         "additionalProperties": False}},
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                 }},
@@ -67,13 +95,17 @@ def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
                 "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
                 "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+            "/explain.js": {"get": {"summary": "The web page's explanation renderer", "responses": {"200": {
+                "description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
             "/": {"get": {"summary": "Web page to try the service", "responses": {"200": {
                 "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
         },
         "components": {"schemas": {
             "Caption": {"type": "object", "required": ["text", "log_prob", "tokens"], "properties": {
                 "text": {"type": "string"}, "log_prob": {"type": "number", "maximum": 0},
-                "tokens": {"type": "array", "items": {"type": "string"}}}},
+                "tokens": {"type": "array", "items": {"type": "string"}},
+                "explanation": {"$ref": "#/components/schemas/Explanation"}}},
+            "Explanation": _EXPLANATION,
             "CaptionResponse": {"type": "object", "required": ["captions", "model", "timing_ms", "options", "batch_size"],
                                 "properties": {
                 "captions": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Caption"}},

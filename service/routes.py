@@ -11,6 +11,8 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from captioner import ImageError, ImageTooLarge
+from captioner.explain import MAX_N_BEST as MAX_EXPLAIN_N_BEST
+from captioner.explain import VIEW_JS
 from captioner.options import OptionError
 
 from .errors import ApiError
@@ -67,7 +69,11 @@ def captions():
     if not data:
         raise ApiError(400, "missing_image", "the image is empty (0 bytes)")
     try:
+        explain = parse_explain(raw_options.pop("explain", False))
         options = st.model.default_options.updated(raw_options, len(st.model.vocab), public_only=True)
+        if explain and options.n_best > MAX_EXPLAIN_N_BEST:
+            raise OptionError(f"explain covers at most {MAX_EXPLAIN_N_BEST} captions: n_best must be <= "
+                              f"{MAX_EXPLAIN_N_BEST} with explain, got {options.n_best}")
     except OptionError as exc:
         raise ApiError(422, "invalid_option", str(exc)) from None
     t1 = time.perf_counter()
@@ -79,7 +85,7 @@ def captions():
         raise ApiError(415, "undecodable_image", str(exc)) from None
     t2 = time.perf_counter()
     try:
-        result = st.batcher.submit(image, options, timeout=st.settings.request_timeout_s)
+        result = st.batcher.submit(image, options, timeout=st.settings.request_timeout_s, explain=explain)
     except TimeoutError:
         raise ApiError(503, "overloaded", f"no result within {st.settings.request_timeout_s:g} s; try again") from None
     total = (time.perf_counter() - t0) * 1000
@@ -92,6 +98,15 @@ def captions():
                       "decode": round(result.decode_ms, 2), "total": round(total, 2)},
         "batch_size": result.batch_size,
     })
+
+
+def parse_explain(value) -> bool:
+    """The `explain` field: a JSON boolean, or true/false/1/0/yes/no as text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off", ""):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    raise OptionError(f"explain must be true or false, got {value!r}")
 
 
 def model_summary(st: ServiceState) -> dict:
@@ -129,3 +144,9 @@ def openapi():
 @bp.get("/")
 def index():
     return send_from_directory(STATIC, "index.html")
+
+
+@bp.get("/explain.js")
+def explain_view():
+    """The explanation renderer the CLI's HTML pages inline, served to the web page."""
+    return Response(VIEW_JS.read_text(), mimetype="text/javascript")

@@ -10,17 +10,16 @@ import uuid
 
 import pytest
 
-from captioner.checkpoint import save
+from captioner import default_model_path
 from service.loopback import GunicornServer
 
 from . import fuzz
 
 
 @pytest.fixture(scope="module")
-def server(small_captioner, tmp_path_factory):
-    model = tmp_path_factory.mktemp("srv") / "tiny.safetensors"
-    save(model, small_captioner.checkpoint())
-    with GunicornServer(model, {"CAPTIONER_THREADS": "4"}, ready_timeout=90) as srv:
+def server():
+    """gunicorn serving the shipped model, as an operator runs it."""
+    with GunicornServer(default_model_path(), {"CAPTIONER_THREADS": "4"}, ready_timeout=90) as srv:
         yield srv.url, srv.proc, srv
 
 
@@ -76,8 +75,9 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-@pytest.mark.slow
-def test_web_page_uploads_a_photo_and_shows_captions(server, cat_photo, tmp_path):
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium (Debian's chromium + chromium-driver): skipped without them, except under CI."""
     found = chromium()
     if found is None:
         if os.environ.get("CI"):
@@ -85,26 +85,62 @@ def test_web_page_uploads_a_photo_and_shows_captions(server, cat_photo, tmp_path
         pytest.skip("chromium / chromedriver not installed")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = found[0]
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"):
+                 "--disable-dev-shm-usage", "--window-size=1000,1400", f"--user-data-dir={tmp_path / 'profile'}"):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(found[1]), options=opts)
-    try:
-        url, _, _ = server
-        driver.get(url + "/")
-        driver.find_element(By.ID, "file").send_keys(str(cat_photo))
-        WebDriverWait(driver, 10).until(EC.element_to_be_clickable((By.ID, "submit"))).click()
-        WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#captions li.caption")))
-        items = driver.find_elements(By.CSS_SELECTOR, "#captions li.caption")
-        assert len(items) == 3  # the page asks for n-best 3 by default
-        assert "log p =" in items[0].text and items[0].text.split("p =")[0].strip()
-        driver.save_screenshot(str(tmp_path / "page.png"))
-    finally:
-        driver.quit()
+    yield driver
+    driver.quit()
+
+
+def upload(driver, url: str, photo, explain: bool = False) -> list:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(url + "/")
+    driver.find_element(By.ID, "file").send_keys(str(photo))
+    if explain:
+        driver.find_element(By.ID, "explain").click()
+    WebDriverWait(driver, 10).until(EC.element_to_be_clickable((By.ID, "submit"))).click()
+    WebDriverWait(driver, 60).until(EC.presence_of_element_located((By.CSS_SELECTOR, "#captions li.caption")))
+    return driver.find_elements(By.CSS_SELECTOR, "#captions li.caption")
+
+
+@pytest.mark.slow
+def test_web_page_uploads_a_photo_and_shows_captions(server, cat_photo, browser, tmp_path):
+    items = upload(browser, server[0], cat_photo)
+    assert len(items) == 3  # the page asks for n-best 3 by default
+    assert "log p =" in items[0].text and items[0].text.split("p =")[0].strip()
+    assert not browser.find_elements("css selector", ".explain-word")  # explain is off by default
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+
+@pytest.mark.slow
+def test_web_page_explains_a_caption_and_overlays_a_words_saliency(server, cat_photo, browser):
+    from selenium.webdriver.common.by import By
+
+    items = upload(browser, server[0], cat_photo, explain=True)
+    first = items[0]
+    words = first.find_elements(By.CSS_SELECTOR, ".explain-word")
+    status, body = post(server[0], *multipart(cat_photo.read_bytes(), {"explain": "true", "n_best": "3"}))
+    explanation = body["captions"][0]["explanation"]
+    assert [w.text for w in words] == [w["word"] for w in explanation["words"]]  # the API's numbers, drawn
+    canvas = browser.find_element(By.CSS_SELECTOR, "canvas.saliency")
+    assert not canvas.is_displayed()
+    support = [sum(max(0.0, v) for row in w["saliency"] for v in row) for w in explanation["words"]]
+    t = support.index(max(support))  # the word some region supports most: its map has something to draw
+    assert support[t] > 0
+    words[t].click()
+    assert canvas.is_displayed() and canvas.get_attribute("data-word") == explanation["words"][t]["word"]
+    alternatives = first.find_elements(By.CSS_SELECTOR, ".alternatives li")
+    assert [a.text.split()[0] for a in alternatives] == [a["word"] for a in explanation["words"][t]["alternatives"]]
+    assert len(first.find_elements(By.CSS_SELECTOR, ".cell-row")) == len(explanation["cells"]) == 8
+    painted = browser.execute_script(
+        "const c = arguments[0]; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;", canvas)
+    assert painted > 0  # the heatmap was drawn over the photo
