@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-demo eval serve bench bench-decode bench-train bench-serve \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval serve bench bench-decode bench-train bench-serve \
         docker-build docker-run docker-test clean
 
 install: $(VENV)/.installed
@@ -43,6 +43,10 @@ test-portable: install
 train: install
 	$(PY) -m training.train $(TRAIN_ARGS) $(ARGS)
 
+# A character-level language model (truncated BPTT) on TEXT, default: the Python standard library's source.
+train-charlm: install
+	$(PY) -m training.charlm train $(if $(TEXT),--text $(TEXT)) --out $(or $(OUT),runs/charlm) $(ARGS)
+
 train-demo: install
 	$(PY) -m training.train --config configs/demo.toml $(ARGS)
 
@@ -53,7 +57,7 @@ eval: install
 serve: install
 	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(VENV)/bin/gunicorn -c service/gunicorn.conf.py "service.app:create_app()"
 
-bench: bench-decode bench-train bench-serve
+bench: bench-decode bench-train bench-serve bench-charlm
 
 bench-decode: install
 	$(PY) -m bench.decode $(ARGS)
@@ -63,6 +67,9 @@ bench-train: install
 
 bench-serve: install
 	$(PY) -m bench.serve $(ARGS)
+
+bench-charlm: install
+	$(PY) -m bench.charlm $(ARGS)
 
 docker-build:
 	$(CONTAINER) build $(CONTAINER_BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .

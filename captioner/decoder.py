@@ -22,6 +22,21 @@ CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 State = dict[str, torch.Tensor]
 
 
+def make_rnn(cell: str, input_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0) -> nn.RNNBase:
+    """The recurrent core shared by the caption decoder and the character model: torch's fused tanh RNN,
+    LSTM or GRU (batch first), with the LSTM's forget-gate bias initialised to 1."""
+    kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
+    rnn = CELLS[cell](input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
+                      dropout=dropout if num_layers > 1 else 0.0, **kwargs)
+    if cell == "lstm":
+        # torch orders LSTM gates (i, f, g, o); b_ih + b_hh is the effective bias, so set the sum to 1.
+        for layer in range(num_layers):
+            with torch.no_grad():
+                getattr(rnn, f"bias_ih_l{layer}")[hidden_dim : 2 * hidden_dim].fill_(1.0)
+                getattr(rnn, f"bias_hh_l{layer}")[hidden_dim : 2 * hidden_dim].zero_()
+    return rnn
+
+
 @dataclass
 class DecoderConfig:
     vocab_size: int
@@ -55,15 +70,7 @@ class CaptionDecoder(nn.Module):
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
         self.image_proj = nn.Linear(cfg.feature_dim, cfg.embed_dim)
         input_dim = cfg.embed_dim * (2 if cfg.conditioning == "every_step" else 1)
-        kwargs = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
-        self.rnn = CELLS[cfg.cell](
-            input_dim,
-            cfg.hidden_dim,
-            num_layers=cfg.num_layers,
-            batch_first=True,
-            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
-            **kwargs,
-        )
+        self.rnn = make_rnn(cfg.cell, input_dim, cfg.hidden_dim, cfg.num_layers, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
         self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
         self._table_key: tuple | None = None
@@ -75,15 +82,6 @@ class CaptionDecoder(nn.Module):
         with torch.no_grad():
             self.embed.weight[0].zero_()
         nn.init.zeros_(self.out.bias)
-        if self.cfg.cell == "lstm":
-            # torch orders LSTM gates (i, f, g, o); b_ih + b_hh is the effective bias, so set the sum to 1.
-            h = self.cfg.hidden_dim
-            for layer in range(self.cfg.num_layers):
-                b_ih = getattr(self.rnn, f"bias_ih_l{layer}")
-                b_hh = getattr(self.rnn, f"bias_hh_l{layer}")
-                with torch.no_grad():
-                    b_ih[h : 2 * h].fill_(1.0)
-                    b_hh[h : 2 * h].zero_()
 
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Record the mean and std of the training image vectors [N, D]."""

@@ -1,0 +1,319 @@
+"""Train, sample and inspect a character-level language model with truncated backpropagation through time.
+
+    python -m training.charlm train [--text FILE] [--cell lstm|gru|rnn] [--minutes M] --out DIR [--resume]
+    python -m training.charlm sample --model DIR/model.safetensors [--length N] [--temperature T] [--prime S]
+    python -m training.charlm cells --model DIR/model.safetensors --text FILE --out page.html
+
+The text (default: the Python standard library's own source, tests excluded, files in sorted order) is cut
+into a training part and a held-out tail (the last 5 %). Training cuts the training part into B parallel
+streams and walks them in chunks of T characters: the hidden state is carried from chunk to chunk and
+detached, so gradients flow back at most T steps while the state remembers further. Metrics are in bits
+per character (bpc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from captioner.charlm import CharLM, CharLMConfig, CharVocab, load, save
+from captioner.checkpoint import CheckpointError, atomic_write
+
+from .interpret import cell_report, cells_page
+
+log = logging.getLogger("training.charlm")
+LN2 = math.log(2)
+
+
+class TextError(ValueError):
+    """The text cannot be trained on (empty, binary, too short)."""
+
+
+def stdlib_text() -> str:
+    """The running interpreter's standard library source: real code nobody here wrote, on every machine.
+    Tests excluded; files in sorted path order, so the corpus (and its held-out tail) is fixed."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+    files = sorted(p for p in root.rglob("*.py")
+                   if not any(part in skip or part.startswith("test_") for part in p.relative_to(root).parts))
+    return "".join(p.read_text(encoding="utf-8", errors="replace") for p in files)
+
+
+def read_text(path: str | None) -> str:
+    if path is None:
+        return stdlib_text()
+    data = Path(path).read_bytes()
+    if not data.strip():
+        raise TextError(f"{path}: the text is empty")
+    if b"\0" in data[:65536]:
+        raise TextError(f"{path}: looks binary (NUL bytes); give a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TextError(f"{path}: not UTF-8 text ({exc})") from None
+
+
+def split_text(text: str, held_out: float) -> tuple[str, str]:
+    cut = len(text) - max(1, int(len(text) * held_out))
+    return text[:cut], text[cut:]
+
+
+def streams(ids: torch.Tensor, batch: int) -> torch.Tensor:
+    """Cut [N] into `batch` contiguous streams [B, N // B]: row b continues where it left off, chunk after chunk."""
+    n = ids.numel() // batch
+    return ids[: n * batch].view(batch, n)
+
+
+def detach(state):
+    if state is None:
+        return None
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+
+@torch.no_grad()
+def bits_per_char(model: CharLM, ids: torch.Tensor, batch: int = 32, chunk: int = 256, carry: bool = True) -> float:
+    """Held-out bpc: the text in `batch` streams, state carried over chunks (or reset at each, with
+    `carry=False`), every character predicted once (except each stream's first)."""
+    was = model.training
+    model.eval()
+    data = streams(ids, batch)
+    total, count, state = 0.0, 0, None
+    for start in range(0, data.size(1) - 1, chunk):
+        x, y = data[:, start : start + chunk], data[:, start + 1 : start + chunk + 1]
+        x = x[:, : y.size(1)]
+        logits, state = model(x, state if carry else None)
+        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+    model.train(was)
+    return total / max(count, 1) / LN2
+
+
+@dataclass
+class TrainConfig:
+    text: str | None = None  # file; None: the Python standard library
+    cell: str = "lstm"
+    hidden_dim: int = 512
+    num_layers: int = 1
+    embed_dim: int = 0
+    dropout: float = 0.0
+    batch_size: int = 64  # parallel streams
+    bptt: int = 128  # T: characters per chunk (gradient horizon)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    minutes: float = 25.0  # time budget for training steps (evaluation and I/O not counted)
+    max_steps: int = 0  # 0: no step limit
+    eval_every: int = 500
+    eval_chars: int = 50_000  # held-out characters scored during training; the final score uses the whole tail
+    held_out: float = 0.05
+    carry_state: bool = True  # False resets the state every chunk (the ablation: no memory beyond T)
+    seed: int = 1234
+    threads: int = 0
+    out: str = "runs/charlm"
+    progress: bool = True
+
+
+class CharTrainer:
+    """Truncated BPTT over B streams with exact resume (weights, optimiser, RNG, position, carried state)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg, self.out = cfg, Path(cfg.out)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        text = read_text(cfg.text)
+        train_text, self.val_text = split_text(text, cfg.held_out)
+        self.vocab = CharVocab.build(train_text)
+        self.train = streams(self.vocab.encode(train_text), cfg.batch_size)
+        self.val = self.vocab.encode(self.val_text)
+        if self.train.size(1) < cfg.bptt + 1:
+            raise TextError(f"the text is too short: {len(train_text)} training characters make streams of "
+                            f"{self.train.size(1)}, fewer than one chunk of {cfg.bptt + 1} (batch {cfg.batch_size})")
+        self.model = CharLM(CharLMConfig(len(self.vocab), cfg.cell, cfg.hidden_dim, cfg.num_layers, cfg.dropout,
+                                         cfg.embed_dim))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.carried = None
+        self.state = {"step": 0, "position": 0, "epoch": 0, "seconds": 0.0, "chars": 0, "best": float("inf"),
+                      "lr": cfg.lr, "history": []}
+        log.info("text: %d training characters in %d streams, %d held out; %d distinct characters; %s %dx%d, %d parameters",
+                 len(train_text), cfg.batch_size, len(self.val_text), len(self.vocab), cfg.cell, cfg.num_layers,
+                 cfg.hidden_dim, sum(p.numel() for p in self.model.parameters()))
+
+    def save_last(self) -> None:
+        blob = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
+                "rng": torch.get_rng_state(), "vocab": self.vocab.itos,
+                "carried": list(self.carried) if isinstance(self.carried, tuple) else
+                ([self.carried] if self.carried is not None else [])}
+        atomic_write(self.out / "last.pt", lambda tmp: torch.save(blob, tmp))
+
+    def resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.is_file():
+            return
+        blob = torch.load(path, weights_only=True)
+        if blob["vocab"] != self.vocab.itos:
+            raise TextError(f"{path} was trained on another text (its characters differ)")
+        self.model.load_state_dict(blob["model"])
+        self.opt.load_state_dict(blob["opt"])
+        self.state = blob["state"]
+        torch.set_rng_state(blob["rng"])
+        carried = blob["carried"]
+        self.carried = tuple(carried) if len(carried) == 2 else (carried[0] if carried else None)
+        log.info("resumed at step %d", self.state["step"])
+
+    def step(self) -> float:
+        cfg, st = self.cfg, self.state
+        pos = st["position"]
+        x, y = self.train[:, pos : pos + cfg.bptt], self.train[:, pos + 1 : pos + cfg.bptt + 1]
+        for group in self.opt.param_groups:
+            group["lr"] = st["lr"]
+        logits, state = self.model(x, self.carried if cfg.carry_state else None)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.carried = detach(state)  # carried forward, but no gradient flows back past this chunk
+        st["step"] += 1
+        st["chars"] += x.numel()
+        st["position"] = pos + cfg.bptt
+        if st["position"] + cfg.bptt + 1 > self.train.size(1):  # end of the streams: a new epoch from the start
+            st.update(position=0, epoch=st["epoch"] + 1)
+            self.carried = None
+        return loss.item() / LN2
+
+    def evaluate(self) -> float:
+        return bits_per_char(self.model, self.val[: self.cfg.eval_chars])
+
+    def fit(self) -> None:
+        cfg, st = self.cfg, self.state
+        self.out.mkdir(parents=True, exist_ok=True)
+        budget = cfg.minutes * 60
+        bar = tqdm(desc="charlm", unit="step", initial=st["step"], disable=not cfg.progress)
+        train_bpc, started = [], time.perf_counter()
+        while st["seconds"] < budget and not (cfg.max_steps and st["step"] >= cfg.max_steps):
+            t0 = time.perf_counter()
+            train_bpc.append(self.step())
+            st["seconds"] += time.perf_counter() - t0
+            bar.update(1)
+            if st["step"] % cfg.eval_every == 0:
+                self._checkpoint(sum(train_bpc) / len(train_bpc))
+                train_bpc = []
+                bar.set_postfix(val_bpc=f"{st['history'][-1]['val_bpc']:.3f}", chars_s=f"{st['chars'] / st['seconds']:.0f}")
+        bar.close()
+        if train_bpc:
+            self._checkpoint(sum(train_bpc) / len(train_bpc))
+        log.info("trained %d steps (%d characters) in %.0f s of steps (%.0f s wall)", st["step"], st["chars"],
+                 st["seconds"], time.perf_counter() - started)
+
+    def _checkpoint(self, train_bpc: float) -> None:
+        """Score a slice of the held-out text, halve the learning rate when it stops improving, keep the
+        best model, and save the resume point. Decided by step count alone, so resume is exact."""
+        st = self.state
+        val = self.evaluate()
+        if val < st["best"]:
+            st["best"] = val
+            save(self.out / "best.safetensors", self.model, self.vocab)
+        else:
+            st["lr"] *= 0.5
+        st["history"].append({"step": st["step"], "chars": st["chars"], "seconds": round(st["seconds"], 1),
+                              "train_bpc": round(train_bpc, 4), "val_bpc": round(val, 4), "lr": st["lr"]})
+        log.info("step %d: train bpc %.3f, held-out bpc (first %d chars) %.3f, %.0f chars/s", st["step"], train_bpc,
+                 min(len(self.val), self.cfg.eval_chars), val, st["chars"] / max(st["seconds"], 1e-9))
+        self.save_last()
+
+    def finish(self) -> dict:
+        """Score the best model on the whole held-out tail and export it with its metrics."""
+        model, _, _ = load(self.out / "best.safetensors")
+        val_bpc = bits_per_char(model, self.val)
+        st = self.state
+        metrics = {"val_bpc": round(val_bpc, 4), "held_out_chars": len(self.val_text), "steps": st["step"],
+                   "train_chars": st["chars"], "train_seconds": round(st["seconds"], 1),
+                   "chars_per_second": round(st["chars"] / max(st["seconds"], 1e-9)),
+                   "config": dataclasses.asdict(self.cfg), "history": st["history"]}
+        save(self.out / "model.safetensors", model, self.vocab, metrics)
+        (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+
+# -- commands -------------------------------------------------------------------------------------
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes", "on")}.get(
+            f.type if isinstance(f.type, str) else f.type.__name__, str)
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
+                       choices=["lstm", "gru", "rnn"] if f.name == "cell" else None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+
+
+def train_command(args) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
+    cfg = TrainConfig(**overrides)
+    trainer = CharTrainer(cfg)
+    if args.resume:
+        trainer.resume()
+    trainer.fit()
+    metrics = trainer.finish()
+    print(f"wrote {trainer.out / 'model.safetensors'} ({metrics['chars_per_second']} characters/s in training)")
+    print(f"held-out bpc {metrics['val_bpc']:.3f}")
+    return 0
+
+
+def sample_command(args) -> int:
+    model, vocab, _ = load(args.model)
+    print(model.sample(vocab, args.length, args.prime, args.temperature, args.top_k, args.top_p, args.seed))
+    return 0
+
+
+def cells_command(args) -> int:
+    model, vocab, _ = load(args.model)
+    text = (read_text(args.text) if args.text else split_text(stdlib_text(), TrainConfig.held_out)[1])[: args.chars]
+    report = cell_report(model, vocab, text)
+    for prop, best in report["best"].items():
+        print(f"{prop:<16} cell {best['cell']:>4}  r = {best['r']:+.3f}")
+    Path(args.out).write_text(cells_page(text, report))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.charlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train_args(sub.add_parser("train", help="train on a text file (default: the Python standard library)"))
+    s = sub.add_parser("sample", help="generate text")
+    s.add_argument("--model", default="runs/charlm/model.safetensors")
+    s.add_argument("--length", type=int, default=1000)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--prime", default="\n")
+    s.add_argument("--seed", type=int, default=None)
+    c = sub.add_parser("cells", help="find the cells that track quotes, comments, indentation, ...; write an HTML page")
+    c.add_argument("--model", default="runs/charlm/model.safetensors")
+    c.add_argument("--text", default=None, help="default: the Python standard library (its held-out tail)")
+    c.add_argument("--chars", type=int, default=20_000, help="characters of the text to analyse")
+    c.add_argument("--out", default="runs/charlm/cells.html")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return {"train": train_command, "sample": sample_command, "cells": cells_command}[args.command](args)
+    except (TextError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
