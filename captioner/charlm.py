@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .checkpoint import CheckpointError, atomic_write
-from .decoder import CELLS, make_rnn
+from .decoder import CELLS, make_rnn, traced_cell
 
 FORMAT = "captioner-charlm"
 FORMAT_VERSION = 1
@@ -82,7 +82,10 @@ class CharLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, state=None):
         """ids [B, T] -> next-character logits [B, T, V] and the state after the last character."""
-        hidden, state = self.rnn(self.drop(self.inputs(ids)) if self.embed is not None else self.inputs(ids), state)
+        x = self.inputs(ids)
+        if self.embed is not None:  # dropout on learned embeddings, never on one-hot characters
+            x = self.drop(x)
+        hidden, state = self.rnn(x, state)
         return self.out(self.drop(hidden)), state
 
     def cell_activations(self, ids: torch.Tensor) -> torch.Tensor:
@@ -92,7 +95,8 @@ class CharLM(nn.Module):
         with torch.no_grad():
             for t in range(ids.numel()):
                 _, state = self.rnn(self.inputs(ids[t : t + 1].view(1, 1)), state)
-                out.append(torch.tanh(state[1][-1, 0]) if isinstance(state, tuple) else state[-1, 0])
+                h, c = state if isinstance(state, tuple) else (state, None)
+                out.append(traced_cell(h, c)[0])
         return torch.stack(out)
 
     @torch.no_grad()
@@ -100,7 +104,7 @@ class CharLM(nn.Module):
                top_p: float = 1.0, seed: int | None = None) -> str:
         """Prime the state with `prime`, then draw `length` characters one at a time from
         softmax(logits / temperature), optionally within the top-k / top-p set."""
-        from .decoding import _filter_top_k_top_p
+        from .decoding import filter_top_k_top_p
 
         if not temperature > 0:
             raise ValueError("temperature must be > 0")
@@ -111,7 +115,7 @@ class CharLM(nn.Module):
         logits, state = self(vocab.encode(prime or "\n").unsqueeze(0))
         out = []
         for _ in range(length):
-            scores = _filter_top_k_top_p(logits[:, -1].float() / temperature, top_k, top_p)
+            scores = filter_top_k_top_p(logits[:, -1].float() / temperature, top_k, top_p)
             nxt = torch.multinomial(scores.softmax(-1), 1, generator=gen)
             out.append(int(nxt))
             logits, state = self(nxt, state)

@@ -37,6 +37,12 @@ def make_rnn(cell: str, input_dim: int, hidden_dim: int, num_layers: int = 1, dr
     return rnn
 
 
+def traced_cell(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    """What interpretability traces of a recurrent state [layers, N, H]: the top layer's tanh(c_t) for an
+    LSTM (as in Karpathy et al. 2015), h_t for a GRU or tanh RNN."""
+    return torch.tanh(c[-1]) if c is not None else h[-1]
+
+
 @dataclass
 class DecoderConfig:
     vocab_size: int

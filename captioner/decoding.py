@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
-from .decoder import CaptionDecoder
+from .decoder import CaptionDecoder, traced_cell
 from .options import DecodeOptions
 
 DEFAULT = DecodeOptions()  # every default below comes from here
@@ -59,20 +60,23 @@ class WordBans:
     no_end_after: tuple[int, ...] = ()
     min_length: int = DEFAULT.min_length
 
+    @cached_property
+    def _no_end_after(self) -> torch.Tensor:  # built once: mask() runs at every decoding step
+        return torch.tensor(self.no_end_after, dtype=torch.long)
+
     def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Banned words [..., V] given the token just read, `previous` [...], at word `position` (0 for the
         first word; an int, or a tensor broadcastable to `previous`)."""
         banned = torch.zeros(*previous.shape, vocab_size, dtype=torch.bool, device=previous.device)
-        banned[..., list(self.suppress)] = True
-        early = torch.as_tensor(position, device=previous.device) < self.min_length
-        end = early.expand(previous.shape).clone()
+        banned[..., self.suppress] = True
+        end = torch.as_tensor(position, device=previous.device) < self.min_length
         if self.no_end_after:
-            end |= torch.isin(previous, torch.tensor(self.no_end_after, device=previous.device))
-        banned[..., self.end_id] |= end
+            end = end | torch.isin(previous, self._no_end_after.to(previous.device))
+        banned[..., self.end_id] = end
         return banned
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     if top_k > 0 and top_k < logits.size(-1):
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, NEG_INF)
@@ -138,7 +142,7 @@ def sequential_decode(
         lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, logits.size(1)), NEG_INF)
         _ban_repeated_ngrams(lp, out[:, :t], no_repeat_ngram_size)
         if sample:
-            scores = _filter_top_k_top_p(lp / temperature, top_k, top_p)
+            scores = filter_top_k_top_p(lp / temperature, top_k, top_p)
             if shared is not None:
                 u = torch.rand(lp.shape, generator=shared, device=device)
             else:
@@ -186,7 +190,7 @@ def teacher_forced_steps(decoder: CaptionDecoder, features: torch.Tensor, ids: S
     for word in ids:
         logits, state = decoder.step(token, state)
         log_probs.append(F.log_softmax(logits.float(), dim=-1))
-        activations.append((torch.tanh(state["c"][-1]) if "c" in state else state["h"][-1]).float())
+        activations.append(traced_cell(state["h"], state.get("c")).float())
         token = torch.full_like(token, word)
     return torch.stack(log_probs, 1), torch.stack(activations, 1)
 

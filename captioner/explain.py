@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .decoding import teacher_forced_steps
+from .options import OptionError
 
 if TYPE_CHECKING:
     from .model import Caption, Captioner
@@ -60,6 +61,13 @@ class Explanation:
         return asdict(self)
 
 
+def check_explainable(n_captions: int) -> None:
+    """Refuse (OptionError, so the service answers 422) more captions per image than explain covers."""
+    if n_captions > MAX_N_BEST:
+        raise OptionError(f"explain covers at most {MAX_N_BEST} captions per image: n_best must be <= "
+                          f"{MAX_N_BEST} with explain, got {n_captions}")
+
+
 def occluded_copies(image: torch.Tensor, grid: int, fill: torch.Tensor) -> torch.Tensor:
     """grid^2 copies of a preprocessed image [3, H, W], copy r*grid+c with region (r, c) set to `fill` [3]."""
     _, h, w = image.shape
@@ -77,8 +85,7 @@ def explain_captions(model: Captioner, image: torch.Tensor, captions: list[Capti
     """Explain each of one image's captions; `image` is the preprocessed tensor [3, H, W] they came from."""
     from .model import word_bans
 
-    if len(captions) > MAX_N_BEST:
-        raise ValueError(f"explain covers at most {MAX_N_BEST} captions per image (n_best), got {len(captions)}")
+    check_explainable(len(captions))
     pre, vocab = model.preprocess_cfg, model.vocab
     grey = (0.5 - torch.tensor(pre.mean)) / torch.tensor(pre.std)  # mid-grey, normalised as the encoder sees it
     features = model.encode(torch.cat([image.unsqueeze(0), occluded_copies(image, grid, grey)]))

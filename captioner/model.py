@@ -15,7 +15,7 @@ from . import checkpoint as ckpt_io
 from .decoder import CaptionDecoder, DecoderConfig
 from .decoding import Hypothesis, WordBans, beam_search, sequential_decode
 from .encoders import create_encoder
-from .explain import Explanation, explain_captions
+from .explain import Explanation, check_explainable, explain_captions
 from .options import DecodeOptions
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, PreprocessConfig, preprocess
 from .vocab import Vocabulary
@@ -169,6 +169,8 @@ class Captioner:
         if not images:
             return []
         opts = (options or self.default_options).updated(overrides, len(self.vocab))
+        if explain:
+            check_explainable(opts.n_best)  # before any work is done
         batch = torch.stack([self.preprocess(im) for im in images])
         captions = self.decode(self.encode(batch), opts, seeds=seeds)
         if explain:

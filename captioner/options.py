@@ -8,8 +8,8 @@ are a partial DecodeOptions laid over these.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
 
 METHODS = ("beam", "greedy", "sample")
 MAX_SEED = 2**63 - 1
@@ -19,7 +19,7 @@ class OptionError(ValueError):
     """An option is unknown, of the wrong type or out of range (the service answers 422)."""
 
 
-def _option(default: Any, lo: float | None = None, hi: float | None = None, *, help: str, lo_open: bool = False,
+def _option(default: typing.Any, lo: float | None = None, hi: float | None = None, *, help: str, lo_open: bool = False,
             choices: tuple | None = None, public: bool = True):
     """A dataclass field carrying its range; `public` options are offered over HTTP and on the command line."""
     return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices,
@@ -84,16 +84,23 @@ class DecodeOptions:
 
 OPTION_FIELDS = {f.name: f for f in fields(DecodeOptions)}
 PUBLIC_OPTIONS = tuple(name for name, f in OPTION_FIELDS.items() if f.metadata["public"])
-_TYPES = {"method": str, "beam_size": int, "n_best": int, "max_length": int, "min_length": int, "temperature": float,
-          "top_k": int, "top_p": float, "seed": int, "length_penalty": float, "no_repeat_ngram_size": int,
-          "no_end_after": tuple}
-assert set(_TYPES) == set(OPTION_FIELDS), "every option needs its type here"
+
+_HINTS = typing.get_type_hints(DecodeOptions)
+
+
+def option_type(name: str) -> type:
+    """The option's value type, read from DecodeOptions' annotation: int, float, str, or tuple (of words);
+    `int | None` (the seed) counts as int."""
+    hint = _HINTS[name]
+    if typing.get_origin(hint) is tuple:
+        return tuple
+    return next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
 
 
 def _coerce(name: str, value):
-    kind = _TYPES[name]
-    if name == "seed" and (value is None or value == ""):
-        return None
+    kind = option_type(name)
+    if (value is None or value == "") and type(None) in typing.get_args(_HINTS[name]):
+        return None  # an optional option (the seed) left empty
     if kind is tuple:
         if isinstance(value, str) or not all(isinstance(w, str) for w in value):
             raise OptionError(f"{name} must be a list of words")

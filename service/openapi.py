@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from captioner import __version__
 from captioner.explain import MAX_N_BEST
-from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions
+from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions, option_type
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JSON_TYPES = {int: "integer", float: "number", str: "string"}
@@ -15,8 +15,7 @@ def option_schemas(defaults: DecodeOptions) -> dict:
     out = {}
     for name in PUBLIC_OPTIONS:
         meta = OPTION_FIELDS[name].metadata
-        kind = type(getattr(DecodeOptions(), name)) if name != "seed" else int
-        schema = {"type": _JSON_TYPES[kind], "description": meta["help"]}
+        schema = {"type": _JSON_TYPES[option_type(name)], "description": meta["help"]}
         if meta["choices"]:
             schema["enum"] = list(meta["choices"])
         if meta["lo"] is not None:

@@ -11,8 +11,7 @@ from flask import Blueprint, Response, jsonify, request, send_from_directory
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from captioner import ImageError, ImageTooLarge
-from captioner.explain import MAX_N_BEST as MAX_EXPLAIN_N_BEST
-from captioner.explain import VIEW_JS
+from captioner.explain import VIEW_JS, check_explainable
 from captioner.options import OptionError
 
 from .errors import ApiError
@@ -71,9 +70,8 @@ def captions():
     try:
         explain = parse_explain(raw_options.pop("explain", False))
         options = st.model.default_options.updated(raw_options, len(st.model.vocab), public_only=True)
-        if explain and options.n_best > MAX_EXPLAIN_N_BEST:
-            raise OptionError(f"explain covers at most {MAX_EXPLAIN_N_BEST} captions: n_best must be <= "
-                              f"{MAX_EXPLAIN_N_BEST} with explain, got {options.n_best}")
+        if explain:
+            check_explainable(options.n_best)
     except OptionError as exc:
         raise ApiError(422, "invalid_option", str(exc)) from None
     t1 = time.perf_counter()

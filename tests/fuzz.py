@@ -52,7 +52,8 @@ def mutate(data: bytes, how: str, rng: random.Random) -> bytes:
     return data
 
 
-def _multipart(data: bytes, fields: dict, ctype: str) -> tuple[bytes, str]:
+def multipart(data: bytes, fields: dict, ctype: str = "image/jpeg") -> tuple[bytes, str]:
+    """A multipart/form-data body with the file field 'image' and text `fields`; (body, content type)."""
     boundary = uuid.UUID(int=random.Random(len(data)).getrandbits(128)).hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
     parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="upload"\r\n'
@@ -70,7 +71,7 @@ def cases(photo: Path, n: int, seed: int = 0) -> list[tuple[str, bytes, str]]:
         options = rng.choice(OPTIONS)
         transport = rng.choice(("multipart", "raw", "json"))
         if transport == "multipart":
-            body, ctype = _multipart(data, options, rng.choice(CONTENT_TYPES))
+            body, ctype = multipart(data, options, rng.choice(CONTENT_TYPES))
             out.append(("/v1/captions", body, ctype))
         elif transport == "raw":
             query = "&".join(f"{k}={v}" for k, v in options.items())

@@ -156,6 +156,14 @@ def test_text_properties_of_python_source():
     assert props["line_position"][at("return")] == 4.0
 
 
+def test_a_short_text_is_still_scored(tmp_path):
+    """A held-out tail shorter than the scoring streams is scored with fewer streams, not skipped (0 bpc)."""
+    text = tmp_path / "short.txt"
+    text.write_text(segments(10))  # 400 characters: a 20-character tail
+    trainer = train(text, tmp_path / "o", batch_size=2, max_steps=3)
+    assert 1.0 < trainer.finish()["val_bpc"] < 20
+
+
 @pytest.mark.parametrize("content,message", [(b"", "empty"), (b"\x00\x01binary", "binary"), (b"ab", "too short")])
 def test_unusable_text_is_a_one_line_error(tmp_path, capsys, content, message):
     path = tmp_path / "t.txt"

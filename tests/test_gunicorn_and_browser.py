@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import urllib.request
-import uuid
 
 import pytest
 
@@ -23,14 +22,6 @@ def server():
         yield srv.url, srv.proc, srv
 
 
-def multipart(data: bytes, fields: dict) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-                 f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def post(url: str, body: bytes, ctype: str, path: str = "/v1/captions") -> tuple[int, dict]:
     req = urllib.request.Request(url + path, data=body, headers={"Content-Type": ctype}, method="POST")
     try:
@@ -43,11 +34,11 @@ def post(url: str, body: bytes, ctype: str, path: str = "/v1/captions") -> tuple
 @pytest.mark.slow
 def test_gunicorn_captions_a_real_photo_and_survives_bad_input(server, cat_photo):
     url, proc, _ = server
-    status, body = post(url, *multipart(cat_photo.read_bytes(), {"n_best": "2"}))
+    status, body = post(url, *fuzz.multipart(cat_photo.read_bytes(), {"n_best": "2"}))
     assert status == 200 and len(body["captions"]) == 2
     status, body = post(url, b"GIF89a garbage", "image/gif")
     assert status == 415 and body["error"]["code"] == "undecodable_image"
-    status, _ = post(url, *multipart(cat_photo.read_bytes(), {}))
+    status, _ = post(url, *fuzz.multipart(cat_photo.read_bytes(), {}))
     assert status == 200 and proc.poll() is None  # the worker survived the bad request
 
 
@@ -127,7 +118,7 @@ def test_web_page_explains_a_caption_and_overlays_a_words_saliency(server, cat_p
     items = upload(browser, server[0], cat_photo, explain=True)
     first = items[0]
     words = first.find_elements(By.CSS_SELECTOR, ".explain-word")
-    status, body = post(server[0], *multipart(cat_photo.read_bytes(), {"explain": "true", "n_best": "3"}))
+    status, body = post(server[0], *fuzz.multipart(cat_photo.read_bytes(), {"explain": "true", "n_best": "3"}))
     explanation = body["captions"][0]["explanation"]
     assert [w.text for w in words] == [w["word"] for w in explanation["words"]]  # the API's numbers, drawn
     canvas = browser.find_element(By.CSS_SELECTOR, "canvas.saliency")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from captioner.charlm import CharLM, CharLMConfig, CharVocab, load, save
 from captioner.checkpoint import CheckpointError, atomic_write
 
+from .config import add_field_arguments, given_fields
 from .interpret import cell_report, cells_page
 
 log = logging.getLogger("training.charlm")
@@ -86,9 +87,11 @@ def detach(state):
 def bits_per_char(model: CharLM, ids: torch.Tensor, batch: int = 32, chunk: int = 256, carry: bool = True) -> float:
     """Held-out bpc: the text in `batch` streams, state carried over chunks (or reset at each, with
     `carry=False`), every character predicted once (except each stream's first)."""
+    if ids.numel() < 2:
+        raise TextError("nothing to score: fewer than 2 held-out characters")
     was = model.training
     model.eval()
-    data = streams(ids, batch)
+    data = streams(ids, min(batch, ids.numel() // 2))  # a short text: fewer streams, each at least 2 long
     total, count, state = 0.0, 0, None
     for start in range(0, data.size(1) - 1, chunk):
         x, y = data[:, start : start + chunk], data[:, start + 1 : start + chunk + 1]
@@ -138,6 +141,8 @@ class CharTrainer:
         self.vocab = CharVocab.build(train_text)
         self.train = streams(self.vocab.encode(train_text), cfg.batch_size)
         self.val = self.vocab.encode(self.val_text)
+        if len(self.val) < 2:
+            raise TextError(f"the text is too short: its held-out {cfg.held_out:.0%} is {len(self.val)} character(s)")
         if self.train.size(1) < cfg.bptt + 1:
             raise TextError(f"the text is too short: {len(train_text)} training characters make streams of "
                             f"{self.train.size(1)}, fewer than one chunk of {cfg.bptt + 1} (batch {cfg.batch_size})")
@@ -250,17 +255,12 @@ class CharTrainer:
 
 # -- commands -------------------------------------------------------------------------------------
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    for f in dataclasses.fields(TrainConfig):
-        kind = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes", "on")}.get(
-            f.type if isinstance(f.type, str) else f.type.__name__, str)
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=None,
-                       choices=["lstm", "gru", "rnn"] if f.name == "cell" else None)
+    add_field_arguments(p, TrainConfig, dashes=True)
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
 
 
 def train_command(args) -> int:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name) is not None}
-    cfg = TrainConfig(**overrides)
+    cfg = TrainConfig(**given_fields(args, TrainConfig))
     trainer = CharTrainer(cfg)
     if args.resume:
         trainer.resume()

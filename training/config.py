@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import get_type_hints
@@ -84,6 +85,9 @@ class TrainConfig:
 
 def _parse_value(kind, text: str):
     origin = getattr(kind, "__origin__", None)
+    optional = [a for a in typing.get_args(kind) if a is not type(None)]
+    if type(None) in typing.get_args(kind) and len(optional) == 1:  # `str | None`: the value's own type
+        return _parse_value(optional[0], text)
     if origin is list:
         inner = kind.__args__[0]
         return [inner(x) for x in text.split(",") if x != ""]
@@ -112,17 +116,26 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     return TrainConfig(**values)
 
 
+def add_field_arguments(parser: argparse.ArgumentParser, cls, dashes: bool = False) -> None:
+    """One --field VALUE flag per field of dataclass `cls` (lists as a,b,c; booleans true/false), default
+    unset; `dashes` spells them --hidden-dim instead of --hidden_dim."""
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = f.name.replace("_", "-") if dashes else f.name
+        parser.add_argument(f"--{flag}", dest=f.name, default=None, metavar=f.name.upper(),
+                            type=lambda text, kind=hints[f.name]: _parse_value(kind, text))
+
+
+def given_fields(args: argparse.Namespace, cls) -> dict:
+    """The fields of `cls` given on the command line."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config FILE plus one --field VALUE flag per dataclass field (lists as a,b,c)."""
+    """--config FILE plus one --field VALUE flag per TrainConfig field."""
     parser.add_argument("--config", default=None, help="TOML file under configs/")
-    hints = get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        kind = hints[f.name]
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.name.upper(),
-                            type=lambda text, kind=kind: _parse_value(kind, text))
+    add_field_arguments(parser, TrainConfig)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}
-    return load_config(args.config, overrides)
+    return load_config(args.config, given_fields(args, TrainConfig))
