@@ -21,7 +21,7 @@ export MALLOC_ARENA_MAX ?= 2
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
 .PHONY: install test test-portable train train-charlm bench-charlm train-demo eval serve bench bench-decode bench-train bench-serve \
-        docker-build docker-run docker-test clean
+        docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
 $(VENV)/.installed: requirements.lock pyproject.toml
@@ -79,6 +79,10 @@ docker-run:
 
 docker-test: docker-build
 	CONTAINER=$(CONTAINER) IMAGE=$(IMAGE) bash docker/smoke-test.sh
+
+# 2 replicas behind HAProxy (docker/compose.scale.yaml), one killed under load; podman uses podman-compose.
+scale-test: install docker-build
+	PATH=$(abspath $(VENV))/bin:$$PATH CONTAINER=$(CONTAINER) IMAGE=$(IMAGE) PYTHON=$(PY) bash docker/scale-test.sh
 
 clean:
 	rm -rf $(VENV) cache runs .pytest_cache

@@ -1,7 +1,10 @@
 """Decode benchmark: per-image latency of the encoder and of greedy / beam-3 / beam-5 decoding at batch 1
 and 32, and batched beam search against a one-image-at-a-time loop, measured side by side in one run.
 
-    make bench-decode [ARGS="--model PATH --threads 2"]
+    make bench-decode [ARGS="--model PATH --threads 2 --baseline OLD.safetensors"]
+
+With --baseline, one photo end to end is also timed with that model (each with its own default decoding),
+the two alternating so both see the same machine, and the ratio is printed.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ def main() -> None:
     p.add_argument("--random", action="store_true", help="use random weights of realistic size (vocab 3000, hidden 512)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--max-length", type=int, default=20)
+    p.add_argument("--baseline", default=None, help="a second model to compare end-to-end latency with")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,6 +66,20 @@ def main() -> None:
           f"{sg / fg:.1f}x), beam 3 {1000 * fb:.1f} ms (fused step {1000 * sb:.1f} ms, {sb / fb:.1f}x)")
     end_to_end = timed(lambda: model.caption([PHOTOS[0]], method="beam", beam_size=3), repeat=10)
     print(f"one photo end to end (decode JPEG, preprocess, encode, beam 3): {1000 * end_to_end:.1f} ms")
+    if args.baseline:
+        compare_end_to_end(model, args.baseline)
+
+
+def compare_end_to_end(model, baseline_path: str, rounds: int = 5) -> None:
+    """One photo end to end with each model's default decoding, alternating models so both see the same load."""
+    baseline, _ = load_or_build(baseline_path)
+    times: dict[str, list[float]] = {"model": [], "baseline": []}
+    for _ in range(rounds):
+        for name, m in (("model", model), ("baseline", baseline)):
+            times[name].append(timed(lambda: m.caption([PHOTOS[0]]), repeat=5))
+    new, old = (sorted(times[k])[rounds // 2] for k in ("model", "baseline"))
+    print(f"one photo end to end, each model's default decoding ({model.encoder_name} vs {baseline.encoder_name} "
+          f"baseline, {rounds} alternating rounds): {1000 * new:.1f} vs {1000 * old:.1f} ms -> {new / old:.2f}x the baseline")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 * one epoch on cached image vectors (this project) against one epoch that runs the CNN on every batch
   (the pipeline of the popular tutorials, frozen CNN included);
 * feature extraction throughput (JPEG decoding in DataLoader workers + encoder) against the encoder's
-  own batch-forward rate on tensors already in memory.
+  own batch-forward rate on tensors already in memory;
+* a cross-entropy step of the shipped config (configs/flickr8k.toml: LSTM 512, embedding 512, the image at
+  every step, label smoothing, clipping, AdamW) against the tutorial recipe written out below as the
+  yardstick (embedding 256, LSTM 512, the image as first input, packed sequences, Adam), both at batch 128
+  on the same captions, in captions per second.
 
     make bench-train [ARGS="--images 256 --data-dir ../shared/data/flickr8k"]
 """
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
@@ -25,7 +30,9 @@ from captioner.model import encode_images
 from captioner.preprocess import preprocess
 from captioner.vocab import Vocabulary
 from training.datasets import read_flickr8k
+from training.config import load_config
 from training.features import build_or_load
+from training.train import xe_loss
 from training.data import encode_captions, epoch_batches
 
 from .common import ROOT
@@ -42,6 +49,35 @@ class Pairs(Dataset):
 
     def __getitem__(self, i):
         return preprocess(self.paths[int(self.img_idx[i])], self.cfg), self.tokens[i]
+
+
+class TutorialDecoder(torch.nn.Module):
+    """The classic tutorial captioner: the projected image is the LSTM's first input, then the caption's
+    words; packed sequences, so padding costs nothing."""
+
+    def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 256, hidden_dim: int = 512):
+        super().__init__()
+        self.image = torch.nn.Linear(feature_dim, embed_dim)
+        self.embed = torch.nn.Embedding(vocab_size, embed_dim)
+        self.lstm = torch.nn.LSTM(embed_dim, hidden_dim, batch_first=True)
+        self.out = torch.nn.Linear(hidden_dim, vocab_size)
+
+    def loss(self, feats: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Position 0 (the image) predicts <start>, position t the caption's word t, as in the tutorial."""
+        inputs = torch.cat([self.image(feats)[:, None], self.embed(tokens[:, :-1])], dim=1)
+        hidden, _ = self.lstm(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
+        targets = pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False).data
+        return F.cross_entropy(self.out(hidden.data), targets)
+
+
+def captions_per_second(run_step, batches: list[torch.Tensor], rounds: int = 2) -> float:
+    run_step(batches[0])  # warm-up
+    t0, n = time.perf_counter(), 0
+    for _ in range(rounds):
+        for idx in batches:
+            run_step(idx)
+            n += len(idx)
+    return n / (time.perf_counter() - t0)
 
 
 def step(decoder, opt, feats, tokens):
@@ -62,11 +98,13 @@ def main() -> None:
     args = p.parse_args()
     recs = read_flickr8k(args.data_dir, ["train"])[: args.images]
     paths = [r.image_path for r in recs]
-    cfg = encoder_spec("efficientnet_lite0").preprocess()
-    encoder = create_encoder("efficientnet_lite0", pretrained=True).eval().to(memory_format=torch.channels_last)
+    shipped = load_config(ROOT / "configs" / "flickr8k.toml")
+    cfg = encoder_spec(shipped.encoder).preprocess(shipped.image_size or None, shipped.resize or None)
+    encoder = create_encoder(shipped.encoder, pretrained=True).eval().to(memory_format=torch.channels_last)
     vocab = Vocabulary.build((c for r in recs for c in r.captions), 1)
     img_idx, tokens, lengths = encode_captions(recs, vocab, 20)
-    print(f"data: {args.data_dir}, {len(recs)} images, {len(tokens)} captions; torch threads {torch.get_num_threads()}")
+    print(f"data: {args.data_dir}, {len(recs)} images, {len(tokens)} captions; encoder {shipped.encoder} at {cfg.size} px; "
+          f"torch threads {torch.get_num_threads()}")
 
     # 1. feature extraction vs the encoder's own batch-forward rate
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +145,37 @@ def main() -> None:
         step(dec, opt, v, toks)
     cnn_s = time.perf_counter() - t0
 
+    # 3. a cross-entropy step: the shipped config against the tutorial recipe, same batches of 128 captions
+    torch.manual_seed(0)
+    ours = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=feats.size(1), cell=shipped.cell,
+                                        embed_dim=shipped.embed_dim, hidden_dim=shipped.hidden_dim,
+                                        dropout=shipped.dropout, conditioning=shipped.conditioning)).train()
+    ours.set_feature_stats(feats)
+    ours_opt = torch.optim.AdamW(ours.parameters(), lr=shipped.lr, weight_decay=shipped.weight_decay)
+    tutorial = TutorialDecoder(len(vocab), feats.size(1)).train()
+    tutorial_opt = torch.optim.Adam(tutorial.parameters(), lr=1e-3)
+
+    def ours_step(idx):
+        width = int(lengths[idx].max())
+        loss, _ = xe_loss(ours, feats[img_idx[idx]], tokens[idx, :width], shipped, 0.0)
+        ours_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(ours.parameters(), shipped.grad_clip)
+        ours_opt.step()
+
+    def tutorial_step(idx):
+        loss = tutorial.loss(feats[img_idx[idx]], tokens[idx], lengths[idx])
+        tutorial_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        tutorial_opt.step()
+
+    xe_batches = epoch_batches(lengths, 128, 0, 0)
+    rates = {"ours": [], "tutorial": []}
+    for _ in range(2):  # alternate, so both see the same machine
+        rates["ours"].append(captions_per_second(ours_step, xe_batches, rounds=1))
+        rates["tutorial"].append(captions_per_second(tutorial_step, xe_batches, rounds=1))
+    ours_rate, tutorial_rate = max(rates["ours"]), max(rates["tutorial"])
+
     print(f"\nfeature extraction: {extract_rate:.1f} img/s (JPEG decode in {args.workers} workers + encoder); "
           f"encoder batch-32 forward alone: {forward_rate:.1f} img/s -> extraction runs at "
           f"{extract_rate / forward_rate:.2f}x the encoder's own rate")
@@ -114,6 +183,9 @@ def main() -> None:
           f"-> cached is {cnn_s / cached_s:.1f}x faster")
     print(f"the cache pays for itself in the first epoch: extraction {len(paths) / extract_rate:.1f} s + cached epoch "
           f"{cached_s:.1f} s vs {cnn_s:.1f} s")
+    print(f"cross-entropy step, batch 128, fp32 ({shipped.cell.upper()} {shipped.hidden_dim}): "
+          f"shipped config {ours_rate:.0f} captions/s, tutorial recipe {tutorial_rate:.0f} captions/s -> "
+          f"{ours_rate / tutorial_rate:.2f}x the tutorial's rate")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ def test_resume_continues_exactly(tmp_path):
     second.fit()
     for (name, a), b in zip(full.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
-    assert full.state["history"] == second.state["history"]
+    untimed = lambda history: [{k: v for k, v in h.items() if k != "seconds"} for h in history]  # noqa: E731
+    assert untimed(full.state["history"]) == untimed(second.state["history"])  # all but wall time (load-dependent)
 
 
 def quoted_words(n: int, seed: int = 0) -> str:

@@ -3,6 +3,7 @@ batches. `prepare_data` is the first step of a run."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -105,6 +106,19 @@ class TrainingData:
     @property
     def val_refs(self) -> list[list[str]]:
         return [list(r.captions) for r in self.val]
+
+    @functools.cached_property
+    def _caption_rows(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Caption rows sorted by image, each image's first position in that order, its caption count."""
+        counts = torch.bincount(self.img_idx, minlength=len(self.train))
+        return torch.argsort(self.img_idx, stable=True), torch.cumsum(counts, 0) - counts, counts
+
+    def one_caption_each(self, images: torch.Tensor) -> torch.Tensor:
+        """One human caption of each training image (padded ids from <start>, trimmed to the longest), drawn
+        with the global RNG so an exact resume draws the same."""
+        order, first, counts = self._caption_rows
+        rows = order[first[images] + (torch.rand(len(images)) * counts[images]).long()]
+        return self.tokens[rows, : int(self.lengths[rows].max())]
 
 
 def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: "Distributed") -> TrainingData:

@@ -4,8 +4,9 @@
         [--beam-size K] [--length-penalty P] [--no-repeat-ngram-size N] ... [--out metrics.json] [--captions-out captions.json]
 
 Decoding flags are `DecodeOptions`' (as in `python -m captioner caption`); those not given keep the model's
-own defaults. Training scores its final model with `caption_records` too, so a checkpoint's stored metrics
-are what this command reports for it.
+own defaults. Beside the toolkit's scores it reports the captions' fluency (`training.fluency`) and the same
+rows for the first human reference of each photo. Training scores its final model with `caption_records`
+too, so a checkpoint's stored metrics are what this command reports for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from captioner.options import DecodeOptions, add_arguments, from_arguments
 
 from .datasets import FORMATS, DataError, Record, read_records
 from .features import ImageDataset
+from .fluency import fluency
 from .metrics import coco_scores
 
 log = logging.getLogger("training.evaluate")
@@ -45,9 +47,15 @@ def caption_records(model: Captioner, records: list[Record], options: Sequence[D
 
 def evaluate(model: Captioner, records: list[Record], options: Sequence[DecodeOptions],
              num_workers: int = 2) -> list[tuple[dict, list[str]]]:
-    """For each options: COCO-toolkit scores and the captions they were computed from."""
+    """For each options: COCO-toolkit scores plus the captions' fluency, and the captions they were computed from."""
     refs = [list(r.captions) for r in records]
-    return [(coco_scores(caps, refs), caps) for caps in caption_records(model, records, options, num_workers=num_workers)]
+    return [({**coco_scores(caps, refs), "fluency": fluency(caps)}, caps)
+            for caps in caption_records(model, records, options, num_workers=num_workers)]
+
+
+def human_fluency(records: list[Record]) -> dict:
+    """The fluency rows of the first human reference of each photo: the yardstick for a model's."""
+    return fluency([r.captions[0] for r in records])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     [(scores, captions)] = evaluate(model, records, [options], num_workers=args.num_workers)
     used = {k: v for k, v in options.public_dict().items() if k != "seed"}
     result = {"split": args.split, "images": len(records), **used, "no_end_after_words": len(options.no_end_after),
-              **scores}
+              **scores, "human_fluency": human_fluency(records)}
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

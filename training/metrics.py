@@ -82,6 +82,29 @@ class CiderD:
         return sum(self.score(c, r) for c, r in zip(candidates, references)) / max(len(candidates), 1)
 
 
+def sentence_bleu(candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
+    """BLEU-4 of one tokenized caption in [0, 1]: clipped n-gram precisions, add-one smoothed for n > 1 (Lin
+    and Och 2004) so a caption without a matching 4-gram still gets credit for its 3-grams, and the brevity
+    penalty against the closest reference length. A per-sample reward, not the corpus BLEU we report."""
+    if not candidate:
+        return 0.0
+    cand = _counts(candidate)
+    best: Counter = Counter()
+    for ref in references:
+        best |= _counts(ref)
+    log_p = 0.0
+    for n in range(1, NGRAMS + 1):
+        total = max(len(candidate) - n + 1, 0)
+        hits = sum(min(c, best[g]) for g, c in cand.items() if len(g) == n)
+        smooth = 0 if n == 1 else 1
+        if hits + smooth == 0:
+            return 0.0
+        log_p += math.log((hits + smooth) / (total + smooth)) / NGRAMS
+    closest = min((len(r) for r in references), key=lambda m: (abs(m - len(candidate)), m), default=len(candidate))
+    brevity = min(0.0, 1 - closest / len(candidate))
+    return math.exp(log_p + brevity)
+
+
 def java_available() -> bool:
     return shutil.which("java") is not None
 

