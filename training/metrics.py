@@ -82,16 +82,28 @@ class CiderD:
         return sum(self.score(c, r) for c, r in zip(candidates, references)) / max(len(candidates), 1)
 
 
+def prepare_bleu(references: Sequence[Sequence[str]]) -> tuple[Counter, list[int]]:
+    """One image's tokenized references for `sentence_bleu_prepared`: each n-gram's highest count in any
+    of them (the clipping limit) and their lengths. SCST scores many samples against the same references."""
+    best: Counter = Counter()
+    for ref in references:
+        best |= _counts(ref)
+    return best, [len(r) for r in references]
+
+
 def sentence_bleu(candidate: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """BLEU-4 of one tokenized caption in [0, 1]: clipped n-gram precisions, add-one smoothed for n > 1 (Lin
     and Och 2004) so a caption without a matching 4-gram still gets credit for its 3-grams, and the brevity
     penalty against the closest reference length. A per-sample reward, not the corpus BLEU we report."""
+    return sentence_bleu_prepared(candidate, prepare_bleu(references))
+
+
+def sentence_bleu_prepared(candidate: Sequence[str], prepared: tuple[Counter, list[int]]) -> float:
+    """`sentence_bleu` against references already `prepare_bleu`d."""
     if not candidate:
         return 0.0
+    best, ref_lengths = prepared
     cand = _counts(candidate)
-    best: Counter = Counter()
-    for ref in references:
-        best |= _counts(ref)
     log_p = 0.0
     for n in range(1, NGRAMS + 1):
         total = max(len(candidate) - n + 1, 0)
@@ -100,7 +112,7 @@ def sentence_bleu(candidate: Sequence[str], references: Sequence[Sequence[str]])
         if hits + smooth == 0:
             return 0.0
         log_p += math.log((hits + smooth) / (total + smooth)) / NGRAMS
-    closest = min((len(r) for r in references), key=lambda m: (abs(m - len(candidate)), m), default=len(candidate))
+    closest = min(ref_lengths, key=lambda m: (abs(m - len(candidate)), m), default=len(candidate))
     brevity = min(0.0, 1 - closest / len(candidate))
     return math.exp(log_p + brevity)
 

@@ -16,7 +16,7 @@ from captioner.vocab import Vocabulary, tokenize
 
 from .config import TrainConfig
 from .fluency import is_disfluent
-from .metrics import CiderD, sentence_bleu
+from .metrics import CiderD, prepare_bleu, sentence_bleu_prepared
 
 def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | None = None) -> torch.Tensor:
     """Rewards [images, k] of k samples per image minus the baseline: the greedy caption's reward [images],
@@ -63,18 +63,20 @@ def policy_gradient_loss(decoder: CaptionDecoder, feats: torch.Tensor, seqs: tor
 class Reward:
     """The per-sample reward SCST maximises: CIDEr-D against the image's references (document frequencies
     from the training captions), plus `bleu_weight` x sentence BLEU-4, minus `disfluency_penalty` for a caption
-    `training.fluency` calls disfluent. Built once per run: the references are prepared up front."""
+    `training.fluency` calls disfluent. Built once per run: each image's references are prepared up front for
+    both metrics, since every epoch scores k samples against them."""
 
     def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0):
         self.cider = CiderD(references)
-        self.tokens = [[tokenize(c) for c in refs] for refs in references]
-        self.prepared = [self.cider.prepare(refs) for refs in self.tokens]
+        tokens = [[tokenize(c) for c in refs] for refs in references]
+        self.prepared = [self.cider.prepare(refs) for refs in tokens]
+        self.bleu_prepared = [prepare_bleu(refs) for refs in tokens] if bleu_weight else []
         self.bleu_weight, self.disfluency_penalty = bleu_weight, disfluency_penalty
 
     def __call__(self, words: Sequence[str], image: int) -> float:
         reward = self.cider.score_prepared(words, self.prepared[image])
         if self.bleu_weight:
-            reward += self.bleu_weight * sentence_bleu(words, self.tokens[image])
+            reward += self.bleu_weight * sentence_bleu_prepared(words, self.bleu_prepared[image])
         if self.disfluency_penalty and is_disfluent(words):
             reward -= self.disfluency_penalty
         return reward

@@ -281,8 +281,8 @@ class Trainer:
         order = torch.randperm(len(data.train), generator=g)
         self.model.train()
         t0, rew_sum, n = time.perf_counter(), 0.0, 0
-        bar = tqdm(self._my_part(list(order.split(cfg.scst_batch_images * self.dist.world))), desc=f"scst {epoch + 1}", unit="batch",
-                   disable=not (cfg.progress and self.dist.main))
+        batches = self._my_part(list(order.split(cfg.scst_batch_images * self.dist.world)))
+        bar = tqdm(batches, desc=f"scst {epoch + 1}", unit="batch", disable=not (cfg.progress and self.dist.main))
         for idx in bar:
             human = data.one_caption_each(idx).to(dev) if cfg.scst_xe_weight else None
             with autocast(dev, cfg.amp):
