@@ -105,6 +105,15 @@ class CaptionDecoder(nn.Module):
         Padding needs no packing: the RNN runs left to right, so steps after a caption's <end> never
         influence its earlier outputs, and the loss masks them out.
         """
+        return self.logits(self.hidden_states(features, tokens))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-word logits [..., V] from top-layer states [..., H] (dropout in training mode)."""
+        return self.out(self.drop(hidden))
+
+    def hidden_states(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The top layer's state [B, T-1, H] at each teacher-forced step of `forward`, before the output
+        layer: a caller that needs only some positions' logits (SCST: not the padding) projects just those."""
         image = self.project_image(features)
         words = self.drop(self.embed(tokens[:, :-1]))
         if self.cfg.conditioning == "first_input":
@@ -113,7 +122,7 @@ class CaptionDecoder(nn.Module):
         else:
             cond = image.unsqueeze(1).expand(-1, words.size(1), -1)
             hidden, _ = self.rnn(torch.cat([words, cond], dim=2))
-        return self.out(self.drop(hidden))
+        return hidden
 
     # -- step-by-step decoding --------------------------------------------------------------------
     def start(self, features: torch.Tensor) -> State:

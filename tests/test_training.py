@@ -20,7 +20,7 @@ from training.metrics import quick_scores, sentence_bleu
 from training.data import rarely_final_words
 from training.datasets import DataError
 from training.scst import Reward, policy_gradient_loss, scst_advantages, scst_loss, scst_samples
-from training.train import Trainer
+from training.train import Trainer, selection_score
 
 from .conftest import LITE0, TRAINING_OVERRIDES, tiny_decoder, tiny_vocab
 
@@ -163,6 +163,24 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
 
     with pytest.raises(ValueError, match="vocabulary or decoder config differs"):
         Trainer(demo_config(demo_dir, cache_dir, tmp_path / "other", hidden_dim=64, init_from=str(best)))
+
+
+def test_epochs_are_selected_on_the_reward_scst_maximises(demo_dir, cache_dir, tmp_path):
+    """With the fluency levers on, an epoch with lower CIDEr-D but higher BLEU-4 and fewer disfluent captions
+    is the better one, as it is for SCST's reward; without them, CIDEr-D alone decides."""
+    epochs = [{"CIDEr-D": 54.8, "BLEU-4": 21.7, "disfluent_pct": 4.2}, {"CIDEr-D": 54.0, "BLEU-4": 22.6, "disfluent_pct": 0.3}]
+    for levers, expected in (({}, "xe:1"), ({"scst_bleu_weight": 0.5, "scst_disfluency_penalty": 0.5}, "xe:2")):
+        trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path / str(bool(levers)), **levers))
+        trainer.out.mkdir()
+        real = trainer.validate()  # the real one: val captions decoded, scored, disfluent ones counted
+        assert real["selection"] == selection_score(real, real["disfluent_pct"], trainer.cfg)
+        for epoch, scores in enumerate(epochs):
+            selection = selection_score(scores, scores["disfluent_pct"], trainer.cfg)
+            trainer.validate = lambda scores=scores, selection=selection: {**scores, "selection": selection}
+            trainer._end_epoch("xe", epoch, {"epoch_seconds": 1.0})
+        assert trainer.state["best_epoch"] == expected, levers
+        assert trainer.state["bad_epochs"] == (expected == "xe:1")
+    assert selection_score(epochs[0], 4.2, trainer.cfg) == pytest.approx(54.8 + 0.5 * 21.7 - 0.5 * 4.2)
 
 
 BANS = WordBans(END, suppress=(0, 1, 3), no_end_after=(5, 6), min_length=1)

@@ -3,10 +3,11 @@
     python -m training.train --config configs/flickr8k.toml [--field value ...]
 
 Read top to bottom: `data.prepare_data` (records, vocabulary, feature cache), `build_decoder`, then `Trainer.fit`
-runs each phase (cross-entropy, then SCST in `scst.py`) one epoch function at a time, selecting on val CIDEr-D from the
-same decoding the model ships with, and `Trainer.finish` exports the best model and scores it exactly as
-`training.evaluate` would. `--resume` continues from the last epoch boundary with the same weights,
-optimiser, schedule, RNG and data order, so an interrupted run ends where an uninterrupted one would.
+runs each phase (cross-entropy, then SCST in `scst.py`) one epoch function at a time, selecting on val
+(`selection_score`: CIDEr-D, plus the fluency levers' terms) from the same decoding the model ships with,
+and `Trainer.finish` exports the best model and scores it exactly as `training.evaluate` would. `--resume`
+continues from the last epoch boundary with the same weights, optimiser, schedule, RNG and data order, so an
+interrupted run ends where an uninterrupted one would.
 Under `torchrun`, the decoder trains with DistributedDataParallel.
 """
 
@@ -35,12 +36,14 @@ from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import create_encoder
 from captioner.model import Captioner, word_bans
 from captioner.options import DecodeOptions
+from captioner.vocab import tokenize
 
 from . import config as config_mod
 from .config import TrainConfig
 from .data import TrainingData, epoch_batches, prepare_data
 from .datasets import DataError
 from .evaluate import evaluate, human_fluency
+from .fluency import is_disfluent
 from .metrics import CiderD, quick_scores
 from .report import write_model_card, write_plot
 from .scst import Reward, scst_loss
@@ -143,6 +146,17 @@ def xe_loss(decoder, feats: torch.Tensor, tokens: torch.Tensor, cfg: TrainConfig
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), target.reshape(-1), ignore_index=0,
                            label_smoothing=cfg.label_smoothing)
     return loss, int((target != 0).sum())
+
+
+def selection_score(scores: dict, disfluent_pct: float, cfg: TrainConfig) -> float:
+    """What epochs are compared on (val): the reward SCST maximises, averaged over the val captions (x100;
+    corpus BLEU-4 standing in for the mean sentence BLEU-4): CIDEr-D, plus `scst_bleu_weight` x BLEU-4, minus
+    `scst_disfluency_penalty` x the % of disfluent captions. Plain CIDEr-D without those levers. On CIDEr-D
+    alone the levers' gains are invisible: a fp32 `make train` of configs/flickr8k.toml kept its cross-entropy
+    epoch (val CIDEr-D 54.8, BLEU-4 21.7; 4.2 % agreement errors) over its SCST epochs (52.5-54.0, BLEU-4 up
+    to 22.6)."""
+    return round(scores["CIDEr-D"] + cfg.scst_bleu_weight * scores["BLEU-4"]
+                 - cfg.scst_disfluency_penalty * disfluent_pct, 2)
 
 
 # -- model and decoding -------------------------------------------------------------------------
@@ -307,12 +321,15 @@ class Trainer:
                 for caps in self.captioner.decode(chunk, self.options)]
 
     def validate(self) -> dict:
-        return quick_scores(self.val_cider, self.val_captions(), self.data.val_refs)
+        captions = self.val_captions()
+        scores = quick_scores(self.val_cider, captions, self.data.val_refs)
+        disfluent = round(100 * sum(is_disfluent(tokenize(c)) for c in captions) / max(len(captions), 1), 2)
+        return {**scores, "disfluent_pct": disfluent, "selection": selection_score(scores, disfluent, self.cfg)}
 
     # -- the phases --
     def fit(self) -> None:
         """Cross-entropy, then SCST from the best cross-entropy model; each phase stops early after
-        `patience` epochs without a better val CIDEr-D."""
+        `patience` epochs without a better val `selection_score`."""
         for phase in PHASES[PHASES.index(self.state["phase"]):]:
             n_epochs = self.cfg.epochs if phase == "xe" else self.cfg.scst_epochs
             if n_epochs <= 0:
@@ -340,9 +357,9 @@ class Trainer:
         record = {"phase": phase, "epoch": epoch + 1, **stats}
         if self.dist.main:
             record.update({f"val_{k}": v for k, v in self.validate().items()})
-            better = record["val_CIDEr-D"] > st["best"]
+            better = record["val_selection"] > st["best"]
             if better:
-                st.update(best=record["val_CIDEr-D"], best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
+                st.update(best=record["val_selection"], best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
                 self._save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
                 st["bad_epochs"] += 1
