@@ -22,8 +22,9 @@ def write_plot(history: list[dict], path: Path) -> None:
     if xe:
         a.plot(*zip(*xe), marker="o")
     a.set(title="training loss (cross-entropy)", xlabel="epoch")
-    for key in ("val_CIDEr-D", "val_BLEU-4"):
-        b.plot(x, [h.get(key) for h in history], marker="o", label=key[4:])
+    for key in ("val_CIDEr-D", "val_BLEU-4", "val_selection"):  # selection: what epochs are compared on
+        if any(key in h for h in history):
+            b.plot(x, [h.get(key, float("nan")) for h in history], marker="o", label=key[4:])
     b.set(title="validation (real decoding)", xlabel="epoch (cross-entropy, then SCST)")
     b.legend()
     fig.tight_layout()
