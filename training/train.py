@@ -285,7 +285,8 @@ class Trainer:
         return {"train_loss": loss_sum / max(tok_sum, 1), "epoch_seconds": time.perf_counter() - t0}
 
     def run_epoch_scst(self, epoch: int) -> dict:
-        """Self-critical sequence training: sample, score with CIDEr-D, push up what beat its baseline."""
+        """Self-critical sequence training: sample, score with `Reward` (CIDEr-D and the levers), push up what
+        beat its baseline."""
         cfg, dev, data = self.cfg, self.device, self.data
         if self.reward is None:
             self.reward = Reward([r.captions for r in data.train], cfg.scst_bleu_weight, cfg.scst_disfluency_penalty)
