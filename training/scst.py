@@ -64,7 +64,8 @@ class Reward:
     """The per-sample reward SCST maximises: CIDEr-D against the image's references (document frequencies
     from the training captions), plus `bleu_weight` x sentence BLEU-4, minus `disfluency_penalty` for a caption
     `training.fluency` calls disfluent. Built once per run: each image's references are prepared up front for
-    both metrics, since every epoch scores k samples against them."""
+    both metrics, since every epoch scores k samples against them. `training.train.selection_score` compares
+    epochs on the same terms averaged over the val captions: a new term belongs in both."""
 
     def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0):
         self.cider = CiderD(references)
