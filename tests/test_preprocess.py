@@ -66,6 +66,16 @@ def test_normalisation_and_resize_modes():
         LITE0.preprocess(resize="stretch")
 
 
+def test_normalisation_is_x_over_255_minus_mean_over_std_per_channel():
+    rgb = torch.randint(0, 256, (24, 24, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cfg = PreprocessConfig(size=24, resize="squash", mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.6))
+    x = image_to_tensor(Image.fromarray(rgb.numpy(), "RGB"), cfg)
+    expected = (rgb.permute(2, 0, 1).double() / 255 - torch.tensor(cfg.mean, dtype=torch.float64)[:, None, None]) \
+        / torch.tensor(cfg.std, dtype=torch.float64)[:, None, None]
+    assert x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.allclose(x.double(), expected, atol=1e-5)
+
+
 def test_paths_and_pil_images_are_accepted(cat_photo):
     cfg = LITE0.preprocess()
     a = preprocess(cat_photo, cfg)
