@@ -1,6 +1,7 @@
 """Training end to end on the bundled demo set: it learns, resumes exactly, and caches features correctly."""
 
 import json
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -15,7 +16,7 @@ from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
 from training import demo
 from training.config import TrainConfig, load_config
-from training.features import build_or_load, is_complete
+from training.features import build_or_load, decode_workers, is_complete
 from training.metrics import quick_scores, sentence_bleu
 from training.data import rarely_final_words
 from training.datasets import DataError
@@ -268,6 +269,20 @@ class CountingEncoder(torch.nn.Module):
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("interrupted extraction")
         return self.inner(x)
+
+
+def test_image_decoding_workers_only_take_cores_the_encoder_leaves_free(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert decode_workers(4, "cpu") == 4  # 8 cores, 2 for the encoder: 6 free
+        assert decode_workers(8, "cpu") == 6
+        torch.set_num_threads(8)
+        assert decode_workers(4, "cpu") == 0  # every core runs the encoder: decode in the main process
+        assert decode_workers(4, "cuda") == 4  # the encoder runs on the GPU: the cores are free
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_feature_cache_reuse_invalidation_and_resume(demo_dir, tmp_path):

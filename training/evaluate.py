@@ -18,13 +18,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 
 from captioner import Captioner, load
 from captioner.options import DecodeOptions, add_arguments, from_arguments
 
 from .datasets import FORMATS, DataError, Record, read_records
-from .features import ImageDataset
+from .features import image_loader
 from .fluency import fluency
 from .metrics import coco_scores
 
@@ -35,8 +34,8 @@ def caption_records(model: Captioner, records: list[Record], options: Sequence[D
                     num_workers: int = 2) -> list[list[str]]:
     """For each options, the model's best caption of each record's image: files read, encoded (once) and
     decoded as served."""
-    loader = torch.utils.data.DataLoader(ImageDataset([r.image_path for r in records], model.preprocess_cfg),
-                                         batch_size=batch_size, num_workers=num_workers)
+    loader = image_loader([r.image_path for r in records], model.preprocess_cfg, batch_size, num_workers,
+                          next(model.encoder.parameters()).device)
     out: list[list[str]] = [[] for _ in options]
     for batch in loader:
         features = model.encode(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -40,6 +41,26 @@ class ImageDataset(Dataset):
             return preprocess(self.paths[i], self.cfg)
         except Exception as exc:  # name the file: a bare PIL error in a worker says nothing useful
             raise RuntimeError(f"cannot read image {self.paths[i]}: {exc}") from exc
+
+
+def decode_workers(requested: int, device: str | torch.device) -> int:
+    """How many of `requested` DataLoader workers to start for decoding images the encoder runs on `device`.
+    On a GPU all of them: the CPU is otherwise idle. On the CPU only the cores the encoder's torch threads
+    leave free: a worker sharing a core with them stalls those threads at every synchronisation point.
+    Measured on a 2-core machine (fp32/AVX2, 512 photos, 3 alternating runs each): extraction at 0.75-0.76x
+    the encoder's own batch rate with 2 workers, 0.86-0.90x decoding in the main process."""
+    if torch.device(device).type != "cpu":
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(requested, cores - torch.get_num_threads()))
+
+
+def image_loader(paths: list[Path], cfg: PreprocessConfig, batch_size: int, num_workers: int,
+                 device: str | torch.device) -> DataLoader:
+    """Batches of preprocessed images, in order, decoded by `decode_workers` workers (or in this process)."""
+    workers = decode_workers(num_workers, device)
+    return DataLoader(ImageDataset(paths, cfg), batch_size=batch_size, num_workers=workers,
+                      prefetch_factor=4 if workers else None)
 
 
 def file_digest(path: str | Path) -> str:
@@ -129,8 +150,7 @@ def build_or_load(
     if done:
         log.info("resuming feature extraction at image %d of %d", done, n)
     array = np.memmap(root / "features.f16", dtype=np.float16, mode="r+", shape=(n, d))
-    loader = DataLoader(ImageDataset(paths[done:], cfg), batch_size=batch_size, num_workers=num_workers,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    loader = image_loader(paths[done:], cfg, batch_size, num_workers, device)
     encoder = encoder.eval().to(device).to(memory_format=torch.channels_last)
     start = time.perf_counter()
     bar = tqdm(total=n, initial=done, unit="img", desc="features", disable=not progress)
