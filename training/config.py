@@ -73,7 +73,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA, and on CPUs with native bf16 (avx512_bf16/AMX); fp32 elsewhere
     init_from: str = ""  # start from this checkpoint's decoder (same vocabulary and decoder config) instead of random
-    num_workers: int = 2
+    num_workers: int = 2  # image-decoding DataLoader workers at most: on the CPU only cores the encoder leaves free
     threads: int = 0  # torch intra-op threads on CPU; 0 = torch's default
     export_dtype: str = "float16"  # dtype of the shipped checkpoint's weights
     blind: bool = False  # zero the image vector: the no-image baseline

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p)
     p.add_argument("--out", default=None, help="write metrics JSON here")
     p.add_argument("--captions-out", default=None, help="write [{image_id, caption}] JSON here")
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=2, help="image-decoding workers at most (on the CPU: only spare cores)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
