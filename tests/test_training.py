@@ -184,6 +184,27 @@ def test_epochs_are_selected_on_the_reward_scst_maximises(demo_dir, cache_dir, t
     assert selection_score(epochs[0], 4.2, trainer.cfg) == pytest.approx(54.8 + 0.5 * 21.7 - 0.5 * 4.2)
 
 
+def test_an_epoch_over_the_fluency_limit_never_outranks_one_within_it(demo_dir, cache_dir, tmp_path):
+    """SCST epochs of one real run (val CIDEr-D, BLEU-4, % disfluent): the first scores higher on the reward,
+    the last keeps agreement errors under 1 %. With the limit the last is kept, and it is what SCST would
+    restart from; over-limit epochs still rank among themselves by score."""
+    epochs = [{"CIDEr-D": 56.18, "BLEU-4": 22.7, "disfluent_pct": 1.3}, {"CIDEr-D": 55.64, "BLEU-4": 22.36, "disfluent_pct": 1.2},
+              {"CIDEr-D": 55.21, "BLEU-4": 22.49, "disfluent_pct": 0.3}, {"CIDEr-D": 54.0, "BLEU-4": 22.0, "disfluent_pct": 0.9}]
+    levers = {"scst_bleu_weight": 0.5, "scst_disfluency_penalty": 0.5}
+    for limit, expected in ((0.0, ["xe:1", "xe:1", "xe:1", "xe:1"]), (1.0, ["xe:1", "xe:1", "xe:3", "xe:3"])):
+        trainer = Trainer(demo_config(demo_dir, cache_dir, tmp_path / str(limit), select_max_disfluent_pct=limit, **levers))
+        trainer.out.mkdir()
+        kept = []
+        for epoch, scores in enumerate(epochs):
+            selection = selection_score(scores, scores["disfluent_pct"], trainer.cfg)
+            trainer.validate = lambda scores=scores, selection=selection: {**scores, "selection": selection}
+            trainer._end_epoch("xe", epoch, {"epoch_seconds": 1.0})
+            kept.append(trainer.state["best_epoch"])
+        assert kept == expected, limit
+        assert [r["val_selection"] for r in trainer.state["history"]] == [
+            selection_score(e, e["disfluent_pct"], trainer.cfg) for e in epochs]  # the logged score is the plain one
+
+
 BANS = WordBans(END, suppress=(0, 1, 3), no_end_after=(5, 6), min_length=1)
 
 

@@ -159,6 +159,14 @@ def selection_score(scores: dict, disfluent_pct: float, cfg: TrainConfig) -> flo
                  - cfg.scst_disfluency_penalty * disfluent_pct, 2)
 
 
+def selection_rank(selection: float, disfluent_pct: float, cfg: TrainConfig) -> tuple[bool, float]:
+    """The order epochs are kept in (higher is better): with `select_max_disfluent_pct`, an epoch within that
+    limit outranks every epoch over it, whatever their scores, so the exported model keeps the fluency the
+    project promises wherever an epoch did; then the selection score decides."""
+    limit = cfg.select_max_disfluent_pct
+    return (not limit or disfluent_pct <= limit, selection)
+
+
 # -- model and decoding -------------------------------------------------------------------------
 def build_decoder(cfg: TrainConfig, data: TrainingData, feature_dim: int) -> CaptionDecoder:
     """A fresh decoder (or one warm-started from `init_from`) that knows the training vectors' statistics."""
@@ -216,7 +224,7 @@ class Trainer:
                                    decoding=self.options.to_dict())
         self.opt = self._optimiser(cfg.lr)
         self.reward: Reward | None = None  # SCST's reward, its references prepared on first use
-        self.state = {"phase": "xe", "epoch": 0, "step": 0, "best": -1.0, "best_epoch": None, "bad_epochs": 0,
+        self.state = {"phase": "xe", "epoch": 0, "step": 0, "best": None, "best_epoch": None, "bad_epochs": 0,
                       "history": [], "train_seconds": 0.0}
         log.info("train: %d images, %d captions; val: %d images; vocab %d words; device %s%s",
                  len(self.data.train), len(self.data.tokens), len(self.data.val), len(v), self.device,
@@ -241,6 +249,8 @@ class Trainer:
         self.decoder.load_state_dict(blob["decoder"])
         self.opt.load_state_dict(blob["opt"])
         self.state = blob["state"]
+        if isinstance(self.state["best"], float):  # saved before epochs were ranked by selection_rank
+            self.state["best"] = [True, self.state["best"]] if self.state["best_epoch"] else None
         torch.set_rng_state(blob["rng"].cpu())
         if blob["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([t.cpu() for t in blob["cuda_rng"]])
@@ -344,7 +354,7 @@ class Trainer:
         self.dist.barrier()
 
     def _start_scst(self) -> None:
-        if self.state["best"] >= 0:  # fine-tune the best cross-entropy model, not the last one
+        if self.state["best"] is not None:  # fine-tune the best cross-entropy model, not the last one
             if self.dist.main:  # only rank 0 saved it (nodes need not share a filesystem): it sends it to the others
                 self._load_best_decoder()
             self.dist.broadcast_weights(self.decoder)
@@ -358,9 +368,10 @@ class Trainer:
         record = {"phase": phase, "epoch": epoch + 1, **stats}
         if self.dist.main:
             record.update({f"val_{k}": v for k, v in self.validate().items()})
-            better = record["val_selection"] > st["best"]
+            rank = selection_rank(record["val_selection"], record["val_disfluent_pct"], self.cfg)
+            better = st["best_epoch"] is None or rank > tuple(st["best"])
             if better:
-                st.update(best=record["val_selection"], best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
+                st.update(best=list(rank), best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
                 self._save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
                 st["bad_epochs"] += 1
@@ -372,9 +383,11 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
         self.dist.check_in_sync(self.decoder, f"{phase} epoch {epoch + 1}")
         if self.dist.enabled:  # everyone follows rank 0's selection: early stopping, and which model SCST starts from
-            shared = torch.tensor([st["bad_epochs"], st["best"]], dtype=torch.float64, device=self.device)
+            best = st["best"] or [False, 0.0]
+            shared = torch.tensor([st["bad_epochs"], st["best"] is not None, *best], dtype=torch.float64, device=self.device)
             torch.distributed.broadcast(shared, 0)
-            st["bad_epochs"], st["best"] = int(shared[0]), float(shared[1])
+            st["bad_epochs"] = int(shared[0])
+            st["best"] = [bool(shared[2]), float(shared[3])] if shared[1] else None
         st["epoch"] = epoch + 1
         if self.dist.main:
             self.save_last()
