@@ -18,7 +18,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-
 from captioner import Captioner, load
 from captioner.options import DecodeOptions, add_arguments, from_arguments
 

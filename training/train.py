@@ -369,7 +369,7 @@ class Trainer:
         if self.dist.main:
             record.update({f"val_{k}": v for k, v in self.validate().items()})
             rank = selection_rank(record["val_selection"], record["val_disfluent_pct"], self.cfg)
-            better = st["best_epoch"] is None or rank > tuple(st["best"])
+            better = st["best"] is None or rank > tuple(st["best"])
             if better:
                 st.update(best=list(rank), best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
                 self._save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
