@@ -40,6 +40,11 @@ def is_disfluent(words: Sequence[str]) -> bool:
     return is_agreement_error(words) or is_bad_ending(words)
 
 
+def disfluent_pct(captions: Sequence[str]) -> float:
+    """% of captions with an agreement error or a bad ending: the share model selection holds down."""
+    return round(100 * sum(is_disfluent(tokenize(c)) for c in captions) / max(len(captions), 1), 2)
+
+
 def fluency(captions: Sequence[str]) -> dict:
     """Four rows, one caption per photo: agreement errors and bad endings (% of captions), captions no other
     photo got (%), distinct words over all captions."""

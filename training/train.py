@@ -36,14 +36,13 @@ from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import create_encoder
 from captioner.model import Captioner, word_bans
 from captioner.options import DecodeOptions
-from captioner.vocab import tokenize
 
 from . import config as config_mod
 from .config import TrainConfig
 from .data import TrainingData, epoch_batches, prepare_data
 from .datasets import DataError
 from .evaluate import evaluate, human_fluency
-from .fluency import is_disfluent
+from .fluency import disfluent_pct
 from .metrics import CiderD, quick_scores
 from .report import write_model_card, write_plot
 from .scst import Reward, scst_loss
@@ -334,7 +333,7 @@ class Trainer:
     def validate(self) -> dict:
         captions = self.val_captions()
         scores = quick_scores(self.val_cider, captions, self.data.val_refs)
-        disfluent = round(100 * sum(is_disfluent(tokenize(c)) for c in captions) / max(len(captions), 1), 2)
+        disfluent = disfluent_pct(captions)
         return {**scores, "disfluent_pct": disfluent, "selection": selection_score(scores, disfluent, self.cfg)}
 
     # -- the phases --
