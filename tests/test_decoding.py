@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.decoding import _ban_repeated_ngrams, beam_search, sequential_decode
+from captioner.decoding import _ban_repeated_ngrams, beam_search, sample_categorical, sequential_decode
 
 from .conftest import tiny_decoder
 
@@ -156,6 +156,35 @@ def test_sampling_is_seedable_and_temperature_works():
         sequential_decode(dec, v, START, END, sample=True, temperature=0.0)
 
 
+def test_inverse_transform_sampling_draws_each_word_with_its_softmax_probability():
+    """20,000 draws per row: every word's frequency within 5 standard errors of softmax(scores), and a
+    banned word (-inf) never drawn, even by the uniform numbers at the two ends of [0, 1)."""
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 12, generator=gen) * 2
+    scores[:, 5] = float("-inf")
+    draws = 20_000
+    choice = sample_categorical(scores.repeat_interleave(draws, 0), torch.rand(3 * draws, 1, generator=gen))
+    freq = F.one_hot(choice.view(3, draws), 12).float().mean(1)
+    p = scores.softmax(-1)
+    assert ((freq - p).abs() <= 5 * (p * (1 - p) / draws).sqrt() + 1e-9).all(), (freq, p)
+    assert not (choice == 5).any()
+    edges = sample_categorical(scores[:, [4, 5, 6, 7, 8, 9, 10, 11, 5]], torch.tensor([[0.0], [1 - 2**-24], [0.5]]))
+    assert (edges != 1).all() and (edges != 8).all()  # columns 1 and 8 are the banned word
+
+
+def test_sampled_captions_carry_their_own_log_probability():
+    """Rows leave the batch when they end, at different steps: each hypothesis must still get its own words
+    and the sum of its own log-probabilities."""
+    dec = tiny_decoder(12, seed=5)
+    with torch.no_grad():
+        dec.out.bias[END] = 1.5  # captions of mixed lengths
+    v = feats(8, seed=5)
+    hyps = sequential_decode(dec, v, START, END, max_length=9, sample=True, seeds=list(range(8)))
+    assert len({len(h.tokens) for h in hyps}) > 2 and any(h.finished for h in hyps)
+    for h, row in zip(hyps, v):
+        assert math.isclose(h.log_prob, sequence_log_prob(dec, row, h.tokens, h.finished), rel_tol=1e-4, abs_tol=1e-4)
+
+
 def test_argument_validation():
     dec = tiny_decoder(10)
     with pytest.raises(ValueError):
@@ -187,7 +216,9 @@ def test_no_end_after_words_that_cannot_end_a_caption():
     plain = sequential_decode(dec, v, START, END, max_length=8, min_length=1)
     assert all(h.finished and len(h.tokens) == 1 for h in plain) and any(h.tokens[-1] in banned for h in plain)
     ruled = sequential_decode(dec, v, START, END, max_length=8, min_length=1, no_end_after=banned)
-    ruled += sequential_decode(dec, v, START, END, max_length=8, min_length=1, no_end_after=banned, sample=True, seeds=3)
+    for s in range(5):  # 20 sampled captions: some reach word 7 and then <end>
+        ruled += sequential_decode(dec, v, START, END, max_length=8, min_length=1, no_end_after=banned, sample=True,
+                                   seeds=[4 * s + i for i in range(4)])
     ruled += [h for hyps in beam_search(dec, v, START, END, beam_size=3, n_best=3, max_length=8, min_length=1,
                                          no_end_after=banned) for h in hyps]
     assert any(h.finished for h in ruled)
