@@ -1,6 +1,7 @@
 """Training end to end on the bundled demo set: it learns, resumes exactly, and caches features correctly."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -144,14 +145,16 @@ def test_scst_baselines():
 
 
 def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
-    """--init_from starts SCST exactly where cross-entropy ended; SCST then trains and is scored each epoch.
+    """--init_from starts SCST exactly where cross-entropy ended; SCST then trains and is scored each epoch
+    (here with the discriminability lever, whose term the selection score must include).
     (Whether the sample reward rises over 4 demo epochs depends on the numeric path, bf16 or fp32, AVX2 or
     AVX-512; what a policy-gradient step must do on every path is tested below on fixed samples.)"""
     xe = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "xe", epochs=4))
     xe.out.mkdir()
     xe.fit()
     best = xe.out / "best.safetensors"
-    kw = dict(epochs=0, scst_epochs=2, scst_baseline="mean", scst_lr=5e-4, patience=10, init_from=str(best))
+    kw = dict(epochs=0, scst_epochs=2, scst_baseline="mean", scst_lr=5e-4, patience=10, init_from=str(best),
+              scst_discriminability_weight=0.1)
     rl = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "rl", **kw))
     start = {k: v.clone() for k, v in rl.decoder.state_dict().items()}
     for name, value in load_checkpoint(best).part("decoder").items():
@@ -159,7 +162,11 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
     rl.out.mkdir()
     rl.fit()
     assert [h["phase"] for h in rl.state["history"]] == ["scst"] * 2
-    assert all(0 < h["scst_sample_reward"] and "val_CIDEr-D" in h for h in rl.state["history"])
+    assert all("val_CIDEr-D" in h for h in rl.state["history"])
+    for h in rl.state["history"]:  # the discriminability term is in the reward and in the selection score
+        assert -math.log(rl.cfg.scst_batch_images) < h["val_self_retrieval"] < 0
+        scores = {"CIDEr-D": h["val_CIDEr-D"], "BLEU-4": h["val_BLEU-4"]}
+        assert h["val_selection"] == selection_score(scores, h["val_disfluent_pct"], rl.cfg, h["val_self_retrieval"])
     assert any(not torch.equal(start[k], v) for k, v in rl.decoder.state_dict().items())  # it did update
 
     with pytest.raises(ValueError, match="vocabulary or decoder config differs"):

@@ -58,7 +58,8 @@ class TrainConfig:
     scst_max_words: int = 0  # sampled caption length during SCST; 0 = max_caption_words
     scst_xe_weight: float = 0.0  # + this x cross-entropy on one human caption per image: keeps the language model honest
     scst_bleu_weight: float = 0.0  # reward = CIDEr-D + this x sentence BLEU-4 (both against the image's references)
-    scst_disfluency_penalty: float = 0.0  # reward - this for an agreement error or bad ending (training.fluency)
+    scst_disfluency_penalty: float = 0.0  # reward - this for a caption training.fluency.is_disfluent calls disfluent
+    scst_discriminability_weight: float = 0.0  # reward + this x log p(own photo | caption) among the batch's photos (training.retrieval)
     select_max_disfluent_pct: float = 0.0  # epochs with more % disfluent val captions rank below all within it; 0 = off
     # decoding: the model is selected (val `selection_score` each epoch, real decoding) with these and ships with them
     beam_size: int = DecodeOptions.beam_size  # 1 = greedy

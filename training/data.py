@@ -46,6 +46,14 @@ def missing_data_message(cfg: TrainConfig, exc: Exception) -> str:
 
 
 # -- batches --------------------------------------------------------------------------------------
+def pad_rows(rows: list[list[int]], width: int = 0) -> torch.Tensor:
+    """Id lists as one tensor [N, max(width, longest)], padded with 0 (<pad>)."""
+    ids = torch.zeros(len(rows), max(width, *map(len, rows), 1), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids
+
+
 def encode_captions(records: list[Record], vocab: Vocabulary, max_words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (image, caption) pair: image index [M], padded ids [M, max_words+2], lengths [M]."""
     image_idx, seqs = [], []
@@ -53,10 +61,7 @@ def encode_captions(records: list[Record], vocab: Vocabulary, max_words: int) ->
         for c in r.captions:
             image_idx.append(i)
             seqs.append(vocab.encode(c, max_words))
-    tokens = torch.zeros(len(seqs), max_words + 2, dtype=torch.long)
-    for j, s in enumerate(seqs):
-        tokens[j, : len(s)] = torch.tensor(s)
-    return torch.tensor(image_idx), tokens, torch.tensor([len(s) for s in seqs])
+    return torch.tensor(image_idx), pad_rows(seqs, max_words + 2), torch.tensor([len(s) for s in seqs])
 
 
 def rarely_final_words(captions: list[list[str]], min_count: int = 50, max_final_rate: float = 0.001) -> list[str]:

@@ -15,8 +15,10 @@ from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.vocab import Vocabulary, tokenize
 
 from .config import TrainConfig
+from .data import pad_rows
 from .fluency import is_disfluent
 from .metrics import CiderD, prepare_bleu, sentence_bleu_prepared
+from .retrieval import Retrieval, self_retrieval
 
 def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | None = None) -> torch.Tensor:
     """Rewards [images, k] of k samples per image minus the baseline: the greedy caption's reward [images],
@@ -45,11 +47,12 @@ def scst_samples(decoder: CaptionDecoder, feats: torch.Tensor, k: int, max_words
                              min_length=bans.min_length, sample=True, seeds=gen, suppress_ids=bans.suppress,
                              no_end_after=bans.no_end_after)
     decoder.train(training)
-    rows = [h.tokens + [vocab.end_id] * h.finished for h in hyps]
-    seqs = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-    for i, row in enumerate(rows):
-        seqs[i, : len(row)] = torch.tensor(row)
-    return seqs.to(feats.device)
+    return caption_ids(hyps, vocab.end_id).to(feats.device)
+
+
+def caption_ids(hyps, end_id: int) -> torch.Tensor:
+    """Decoded captions as padded ids [N, T]: their words, then <end> where finished, then 0."""
+    return pad_rows([h.tokens + [end_id] * h.finished for h in hyps])
 
 
 def policy_gradient_loss(decoder: CaptionDecoder, feats: torch.Tensor, seqs: torch.Tensor, advantages: torch.Tensor,
@@ -84,19 +87,23 @@ class Reward:
 
 
 def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], vocab: Vocabulary, reward: Reward,
-              cfg: TrainConfig, bans: WordBans, human: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+              cfg: TrainConfig, bans: WordBans, human: torch.Tensor | None = None,
+              retrieval: Retrieval | None = None) -> tuple[torch.Tensor, float]:
     """Self-critical training on `reward` for training images `images` (their vectors `feats`); returns the
     loss and the samples' mean reward. Baseline: the greedy caption's reward (Rennie et al. 2017), or the mean
     reward of the image's other samples (Luo 2020), which needs no extra decoding and, on Flickr8k here,
     lifted val CIDEr-D where the greedy baseline stalled. Samples are drawn without autograd, then scored
     in one teacher-forced pass under the same word bans. With `cfg.scst_xe_weight`, the cross-entropy of
     `human` (one reference caption per image, padded ids with <start>) is added, so the policy cannot drift
-    from the language it was taught."""
+    from the language it was taught. With `cfg.scst_discriminability_weight` and a `retrieval` model, each
+    sample also earns that weight x log p(its photo | caption) among the batch's photos (`self_retrieval`)."""
     k = cfg.scst_samples
     max_words = cfg.scst_max_words or cfg.max_caption_words
     seqs = scst_samples(decoder, feats, k, max_words, vocab, bans)
     scores = torch.tensor([reward(vocab.decode(s), images[i // k]) for i, s in enumerate(seqs.tolist())],
                           device=feats.device).view(-1, k)
+    if cfg.scst_discriminability_weight and retrieval is not None:
+        scores = scores + cfg.scst_discriminability_weight * self_retrieval(retrieval, seqs, feats, k)
     greedy = None
     if cfg.scst_baseline == "greedy":
         decoder.eval()
@@ -105,6 +112,9 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], v
         decoder.train()
         greedy = torch.tensor([reward(vocab.decode(h.tokens), i) for h, i in zip(hyps, images)],
                               device=feats.device)
+        if cfg.scst_discriminability_weight and retrieval is not None:
+            greedy_ids = caption_ids(hyps, vocab.end_id).to(feats.device)
+            greedy = greedy + cfg.scst_discriminability_weight * self_retrieval(retrieval, greedy_ids, feats)[:, 0]
     advantages = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
     loss = policy_gradient_loss(decoder, feats.repeat_interleave(k, 0), seqs, advantages, vocab.start_id, bans)
     if cfg.scst_xe_weight and human is not None:
