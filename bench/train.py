@@ -7,7 +7,11 @@
 * a cross-entropy step of the shipped config (configs/flickr8k.toml: LSTM 512, embedding 512, the image at
   every step, label smoothing, clipping, AdamW) against the tutorial recipe written out below as the
   yardstick (embedding 256, LSTM 512, the image as first input, packed sequences, Adam), both at batch 128
-  on the same captions, in captions per second.
+  on the same captions, in captions per second;
+* an SCST step of the shipped model and config (32 photos x 5 samples, the same reward) against the same
+  step done as the code did it when issue #12 was filed, written out below: Gumbel-max sampling that draws
+  noise for every vocabulary word and keeps finished captions in the batch, and a scoring pass that projects
+  every padded position onto the vocabulary.
 
     make bench-train [ARGS="--images 256 --data-dir ../shared/data/flickr8k"]
 """
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -25,15 +30,19 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.decoding import NEG_INF, WordBans
 from captioner.encoders import create_encoder, encoder_spec
-from captioner.model import encode_images
+from captioner.model import encode_images, load, word_bans
+from captioner.options import DecodeOptions
 from captioner.preprocess import preprocess
 from captioner.vocab import Vocabulary
 from training.datasets import read_flickr8k
 from training.config import load_config
 from training.features import build_or_load, decode_workers
 from training.train import xe_loss
-from training.data import encode_captions, epoch_batches
+from training.data import encode_captions, epoch_batches, pad_rows
+from training.retrieval import self_retrieval, train_retrieval
+from training.scst import Reward, scst_advantages, scst_loss
 
 from .common import ROOT
 
@@ -68,6 +77,38 @@ class TutorialDecoder(torch.nn.Module):
         hidden, _ = self.lstm(pack_padded_sequence(inputs, lengths, batch_first=True, enforce_sorted=False))
         targets = pack_padded_sequence(tokens, lengths, batch_first=True, enforce_sorted=False).data
         return F.cross_entropy(self.out(hidden.data), targets)
+
+
+@torch.no_grad()
+def previous_scst_samples(decoder, feats: torch.Tensor, k: int, max_words: int, start_id: int, bans: WordBans,
+                          gen: torch.Generator) -> torch.Tensor:
+    """Issue #12's time: per step, a uniform number and two logarithms for every word of every row (Gumbel-max),
+    and every row stepped until all have ended."""
+    decoder.eval()
+    n, end = feats.size(0) * k, bans.end_id
+    state = decoder.start(feats.repeat_interleave(k, 0))
+    tokens, out = torch.full((n,), start_id), torch.full((n, max_words), end)
+    done = torch.zeros(n, dtype=torch.bool)
+    for t in range(max_words):
+        logits, state = decoder.step(tokens, state)
+        lp = F.log_softmax(logits.float(), -1).masked_fill_(bans.mask(tokens, t, logits.size(1)), NEG_INF)
+        u = torch.rand(lp.shape, generator=gen)
+        choice = torch.where(done, end, (lp - torch.log(-torch.log(u.clamp(1e-10, 1 - 1e-7)))).argmax(-1))
+        out[:, t], done, tokens = choice, done | (choice == end), choice
+        if bool(done.all()):
+            break
+    decoder.train()
+    rows = [row[: row.index(end) + 1] if end in row else row for row in out.tolist()]
+    return pad_rows(rows)
+
+
+def previous_sequence_log_probs(decoder, feats, seqs, start_id: int, bans: WordBans) -> torch.Tensor:
+    """Issue #12's time: the output layer and softmax at every position, padding included."""
+    inputs = torch.cat([seqs.new_full((len(seqs), 1), start_id), seqs], dim=1)
+    logits = decoder(feats, inputs).float()
+    banned = bans.mask(inputs[:, :-1], torch.arange(seqs.size(1)), logits.size(-1))
+    picked = logits.masked_fill(banned, NEG_INF).log_softmax(-1).gather(2, seqs.unsqueeze(2)).squeeze(2)
+    return torch.where(seqs == 0, torch.zeros_like(picked), picked)
 
 
 def captions_per_second(run_step, batches: list[torch.Tensor], rounds: int = 2) -> float:
@@ -179,6 +220,48 @@ def main() -> None:
         rates["tutorial"].append(captions_per_second(tutorial_step, xe_batches, rounds=1))
     ours_rate, tutorial_rate = max(rates["ours"]), max(rates["tutorial"])
 
+    # 4. an SCST step of the shipped model: this project's against the code of issue #12's time
+    shipped_model = load()
+    svocab, cfg_scst = shipped_model.vocab, shipped
+    sbans = word_bans(svocab, DecodeOptions(**shipped_model.decoding))
+    s_img, s_tok, _ = encode_captions(recs, svocab, shipped.max_caption_words)
+    human = s_tok[torch.searchsorted(s_img, torch.arange(len(recs)))]  # each photo's first caption
+    reward = Reward([r.captions for r in recs], shipped.scst_bleu_weight, shipped.scst_disfluency_penalty)
+    retrieval = train_retrieval(feats, s_tok, s_img, len(svocab), (svocab.pad_id, svocab.start_id, svocab.end_id))
+    k, max_words = shipped.scst_samples, shipped.scst_max_words or shipped.max_caption_words
+    decoders = {name: copy.deepcopy(shipped_model.decoder).train() for name in ("ours", "previous")}
+    optims = {name: torch.optim.AdamW(d.parameters(), lr=shipped.scst_lr) for name, d in decoders.items()}
+    gen = torch.Generator().manual_seed(0)
+
+    def scst_step(name: str, images: torch.Tensor) -> None:
+        dec, f, h = decoders[name], feats[images], human[images, : int((human[images] != 0).sum(1).max())]
+        if name == "ours":
+            loss, _ = scst_loss(dec, f, images.tolist(), svocab, reward, cfg_scst, sbans, h, retrieval)
+        else:
+            seqs = previous_scst_samples(dec, f, k, max_words, svocab.start_id, sbans, gen)
+            scores = torch.tensor([reward(svocab.decode(row), int(images[i // k])) for i, row in enumerate(seqs.tolist())])
+            scores = scores.view(-1, k) + shipped.scst_discriminability_weight * self_retrieval(retrieval, seqs, f, k)
+            adv = scst_advantages(scores, shipped.scst_baseline).reshape(-1)
+            lp = previous_sequence_log_probs(dec, f.repeat_interleave(k, 0), seqs, svocab.start_id, sbans)
+            logits = dec(f, h)
+            loss = (-(adv[:, None] * lp).sum() / (seqs != 0).sum() + shipped.scst_xe_weight
+                    * F.cross_entropy(logits.reshape(-1, logits.size(-1)), h[:, 1:].reshape(-1), ignore_index=0))
+        optims[name].zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dec.parameters(), shipped.grad_clip)
+        optims[name].step()
+
+    scst_batches = list(torch.randperm(len(recs), generator=gen).split(shipped.scst_batch_images))
+    scst_seconds = {"ours": [], "previous": []}
+    for _ in range(2):  # alternate, so both see the same machine
+        for name in scst_seconds:
+            scst_step(name, scst_batches[0])  # warm-up
+            t0 = time.perf_counter()
+            for images in scst_batches:
+                scst_step(name, images)
+            scst_seconds[name].append((time.perf_counter() - t0) / len(scst_batches))
+    ours_scst, previous_scst = min(scst_seconds["ours"]), min(scst_seconds["previous"])
+
     workers = decode_workers(args.workers, "cpu")
     decoding = f"{workers} DataLoader workers" if workers else "the main process (no core to spare)"
     print(f"\nfeature extraction: {extract_rate:.1f} img/s (JPEG decode in {decoding} + encoder); "
@@ -191,6 +274,8 @@ def main() -> None:
     print(f"cross-entropy step, batch 128, fp32 ({shipped.cell.upper()} {shipped.hidden_dim}): "
           f"shipped config {ours_rate:.0f} captions/s, tutorial recipe {tutorial_rate:.0f} captions/s -> "
           f"{ours_rate / tutorial_rate:.2f}x the tutorial's rate")
+    print(f"SCST step, {shipped.scst_batch_images} photos x {k} samples, fp32 (shipped model and config): "
+          f"{ours_scst:.2f} s, as at issue #12's time {previous_scst:.2f} s -> {previous_scst / ours_scst:.2f}x faster")
 
 
 if __name__ == "__main__":
