@@ -20,6 +20,7 @@ from .fluency import is_disfluent
 from .metrics import CiderD, prepare_bleu, sentence_bleu_prepared
 from .retrieval import Retrieval, self_retrieval
 
+
 def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | None = None) -> torch.Tensor:
     """Rewards [images, k] of k samples per image minus the baseline: the greedy caption's reward [images],
     or the mean of the same image's other k-1 samples (each row then sums to zero)."""
