@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from captioner.decoding import WordBans
+from captioner.decoding import WordBans, sequential_decode
 from training.config import TrainConfig
 from training.retrieval import Retrieval, self_retrieval, train_retrieval, val_self_retrieval
-from training.scst import Reward, scst_loss, scst_samples
+from training.scst import Reward, caption_ids, policy_gradient_loss, scst_loss, scst_samples
 from training.train import selection_score
 
 from .conftest import tiny_decoder, tiny_vocab
@@ -83,6 +83,30 @@ def test_scst_reward_adds_the_discriminability_term():
     torch.manual_seed(3)
     seqs = scst_samples(dec, feats, 3, 5, vocab, BANS)
     assert means[1] - means[0] == pytest.approx(0.4 * float(self_retrieval(retrieval, seqs, feats, 3).mean()), abs=1e-6)
+
+
+def test_greedy_baseline_carries_the_term_too():
+    """With the greedy baseline, the greedy caption's reward gets the same term, so each advantage compares
+    like with like: the loss equals the policy-gradient loss on advantages computed by hand."""
+    dec, vocab = tiny_decoder(12, seed=9), tiny_vocab(8)
+    feats = torch.randn(3, 1280, generator=torch.Generator().manual_seed(9))
+    reward = Reward([["w1 w2"], ["w3"], ["w4 w5"]])
+    torch.manual_seed(1)
+    retrieval = Retrieval(12, 1280, dim=8, ignore_ids=SPECIAL)
+    cfg = TrainConfig(scst_samples=3, scst_baseline="greedy", scst_max_words=5, scst_discriminability_weight=0.4)
+    torch.manual_seed(3)
+    loss = scst_loss(dec, feats, [0, 1, 2], vocab, reward, cfg, BANS, retrieval=retrieval)[0]
+
+    torch.manual_seed(3)
+    seqs = scst_samples(dec, feats, 3, 5, vocab, BANS)
+    scores = torch.tensor([reward(vocab.decode(s), i // 3) for i, s in enumerate(seqs.tolist())]).view(3, 3)
+    scores = scores + 0.4 * self_retrieval(retrieval, seqs, feats, 3)
+    hyps = sequential_decode(dec.eval(), feats, START, END, 5, min_length=1, suppress_ids=BANS.suppress)
+    greedy = torch.tensor([reward(vocab.decode(h.tokens), i) for i, h in enumerate(hyps)])
+    greedy = greedy + 0.4 * self_retrieval(retrieval, caption_ids(hyps, END), feats)[:, 0]
+    expected = policy_gradient_loss(dec.train(), feats.repeat_interleave(3, 0), seqs,
+                                    (scores - greedy[:, None]).reshape(-1), START, BANS)
+    torch.testing.assert_close(loss, expected)
 
 
 def test_selection_score_and_val_self_retrieval():
