@@ -100,11 +100,16 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], v
     sample also earns that weight x log p(its photo | caption) among the batch's photos (`self_retrieval`)."""
     k = cfg.scst_samples
     max_words = cfg.scst_max_words or cfg.max_caption_words
+    discriminate = bool(cfg.scst_discriminability_weight and retrieval is not None)
+
+    def discriminability(ids: torch.Tensor, per_image: int) -> torch.Tensor:  # [images, per_image]
+        return cfg.scst_discriminability_weight * self_retrieval(retrieval, ids, feats, per_image)
+
     seqs = scst_samples(decoder, feats, k, max_words, vocab, bans)
     scores = torch.tensor([reward(vocab.decode(s), images[i // k]) for i, s in enumerate(seqs.tolist())],
                           device=feats.device).view(-1, k)
-    if cfg.scst_discriminability_weight and retrieval is not None:
-        scores = scores + cfg.scst_discriminability_weight * self_retrieval(retrieval, seqs, feats, k)
+    if discriminate:
+        scores = scores + discriminability(seqs, k)
     greedy = None
     if cfg.scst_baseline == "greedy":
         decoder.eval()
@@ -113,9 +118,8 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], v
         decoder.train()
         greedy = torch.tensor([reward(vocab.decode(h.tokens), i) for h, i in zip(hyps, images)],
                               device=feats.device)
-        if cfg.scst_discriminability_weight and retrieval is not None:
-            greedy_ids = caption_ids(hyps, vocab.end_id).to(feats.device)
-            greedy = greedy + cfg.scst_discriminability_weight * self_retrieval(retrieval, greedy_ids, feats)[:, 0]
+        if discriminate:
+            greedy = greedy + discriminability(caption_ids(hyps, vocab.end_id).to(feats.device), 1)[:, 0]
     advantages = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
     loss = policy_gradient_loss(decoder, feats.repeat_interleave(k, 0), seqs, advantages, vocab.start_id, bans)
     if cfg.scst_xe_weight and human is not None:
