@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval serve bench bench-decode bench-train bench-serve \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve \
         docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
@@ -53,6 +53,14 @@ train-demo: install
 eval: install
 	$(PY) -m training.evaluate --model $(MODEL) --format flickr8k --data-dir $(or $(DATA_DIR),../shared/data/flickr8k) \
 		--split $(or $(SPLIT),dev) --beam-size $(or $(BEAM),3) $(ARGS)
+
+# Object hallucination on everyday photos labelled with their ImageNet class (dev CHAIR is in `make eval`).
+eval-imagenet: install
+	$(PY) -m training.hallucination --model $(MODEL) --data-dir ../shared/data/imagenet-samples $(ARGS)
+
+# Fit grounding (concept detectors, calibration) onto an already trained MODEL; `make train` fits its own.
+ground: install
+	$(PY) -m training.grounding --model $(MODEL) $(TRAIN_ARGS) $(ARGS)
 
 serve: install
 	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(VENV)/bin/gunicorn -c service/gunicorn.conf.py "service.app:create_app()"

@@ -4,7 +4,8 @@ and 32, and batched beam search against a one-image-at-a-time loop, measured sid
     make bench-decode [ARGS="--model PATH --threads 2 --baseline OLD.safetensors"]
 
 With --baseline, one photo end to end is also timed with that model (each with its own default decoding),
-the two alternating so both see the same machine, and the ratio is printed.
+the two alternating so both see the same machine, and the ratio is printed. A model with grounding is also
+timed end to end against itself without it (the issue's target: grounding costs at most 5 % of a request).
 """
 
 from __future__ import annotations
@@ -68,16 +69,44 @@ def main() -> None:
     print(f"one photo end to end (decode JPEG, preprocess, encode, beam 3): {1000 * end_to_end:.1f} ms")
     if args.baseline:
         compare_end_to_end(model, args.baseline)
+    if model.grounding is not None:
+        grounding_cost(model, feats[1])
+
+
+def alternating_medians(runs: dict, rounds: int = 7) -> dict[str, float]:
+    """Median seconds of each named callable, the callables taking turns so all see the same load."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            times[name].append(timed(run, repeat=5))
+    return {name: sorted(t)[rounds // 2] for name, t in times.items()}
+
+
+def grounding_cost(model, features: torch.Tensor) -> None:
+    """One photo end to end with the model's defaults, grounded, against the same model with no grounding at all
+    (no evidence computed, no word scores), alternating; and the evidence and word scores alone."""
+    grounding = model.grounding
+
+    def without() -> None:
+        model.grounding = None
+        try:
+            model.caption([PHOTOS[0]], grounded=False)
+        finally:
+            model.grounding = grounding
+
+    t = alternating_medians({"grounded": lambda: model.caption([PHOTOS[0]]), "without": without})
+    alone = timed(lambda: grounding.word_scores(grounding.image_evidence(features)[0]), repeat=50)
+    print(f"grounding: one photo end to end {1000 * t['grounded']:.1f} ms grounded vs {1000 * t['without']:.1f} ms "
+          f"without grounding -> {100 * (t['grounded'] / t['without'] - 1):+.1f} % (target <= +5 %); evidence and "
+          f"word scores alone {1000 * alone:.2f} ms")
 
 
 def compare_end_to_end(model, baseline_path: str, rounds: int = 5) -> None:
     """One photo end to end with each model's default decoding, alternating models so both see the same load."""
     baseline, _ = load_or_build(baseline_path)
-    times: dict[str, list[float]] = {"model": [], "baseline": []}
-    for _ in range(rounds):
-        for name, m in (("model", model), ("baseline", baseline)):
-            times[name].append(timed(lambda: m.caption([PHOTOS[0]]), repeat=5))
-    new, old = (sorted(times[k])[rounds // 2] for k in ("model", "baseline"))
+    t = alternating_medians({"model": lambda: model.caption([PHOTOS[0]]),
+                             "baseline": lambda: baseline.caption([PHOTOS[0]])}, rounds)
+    new, old = t["model"], t["baseline"]
     print(f"one photo end to end, each model's default decoding ({model.encoder_name} vs {baseline.encoder_name} "
           f"baseline, {rounds} alternating rounds): {1000 * new:.1f} vs {1000 * old:.1f} ms -> {new / old:.2f}x the baseline")
 

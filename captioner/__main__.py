@@ -48,11 +48,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path}: {exc}", file=sys.stderr)
             status = 1
             continue
+        image = captions[0].image
         if args.json:
-            print(json.dumps({"image": path, "captions": [c.to_dict() for c in captions]}))
+            print(json.dumps({"image": path, "captions": [c.to_dict() for c in captions],
+                              "grounding": image.to_dict() if image is not None else None}))
         else:
+            if image is not None and image.low_confidence:
+                print(f"{path}\tlow confidence: {image.alt_text(captions[0].text)}")
             for c in captions:
-                print(f"{path}\t{c.text}\t{c.log_prob:.3f}")
+                evidence = "\t" + ", ".join(f"{e.word} {e.prob:.2f}" for e in c.evidence) if c.evidence else ""
+                print(f"{path}\t{c.text}\t{c.log_prob:.3f}{evidence}")
                 if args.explain:
                     print_explanation(c)
         if args.explain_html:

@@ -18,8 +18,8 @@ from safetensors.torch import load_file, save_file
 
 FORMAT = "captioner-checkpoint"
 FORMAT_VERSION = 1
-_META_KEYS = ("encoder", "decoder", "vocab", "preprocess", "metrics", "info", "decoding")
-_OPTIONAL = {"decoding": {}}  # keys added after version 1 shipped: absent means the default
+_META_KEYS = ("encoder", "decoder", "vocab", "preprocess", "metrics", "info", "decoding", "grounding")
+_OPTIONAL = {"decoding": {}, "grounding": {}}  # keys added after version 1 shipped: absent means the default
 
 
 class CheckpointError(ValueError):
@@ -28,7 +28,7 @@ class CheckpointError(ValueError):
 
 @dataclass
 class Checkpoint:
-    tensors: dict[str, torch.Tensor]  # "encoder.*" and "decoder.*"
+    tensors: dict[str, torch.Tensor]  # "encoder.*", "decoder.*" and "grounding.*"
     encoder: dict  # {"name": ...}
     decoder: dict  # DecoderConfig fields
     vocab: list[str]
@@ -36,6 +36,7 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # training config, data, timings: free-form, for humans
     decoding: dict = field(default_factory=dict)  # default beam-search settings chosen on validation data
+    grounding: dict = field(default_factory=dict)  # concepts, thresholds, ImageNet labels (captioner.grounding); {} = none
 
     def part(self, prefix: str) -> dict[str, torch.Tensor]:
         n = len(prefix) + 1

@@ -26,7 +26,8 @@ NEG_INF = float("-inf")
 class Hypothesis:
     tokens: list[int]  # word ids, without <start> and <end>
     log_prob: float  # sum of the model's log-probabilities of the words and of <end> when finished
-    # (suppressed words are never chosen, but probabilities are not renormalised over the rest)
+    # (suppressed words are never chosen, but probabilities are not renormalised over the rest), plus any
+    # `word_scores` of the words chosen
     finished: bool  # False when max_length was reached before <end>
 
 
@@ -117,8 +118,13 @@ def sequential_decode(
     no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
     suppress_ids: Sequence[int] = (),
     no_end_after: Sequence[int] = (),
+    word_scores: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
     """Greedy (argmax) or sampled decoding, one hypothesis per image.
+
+    `word_scores` [N, V] (grounded decoding: `Grounding.word_scores`) are added to each image's word
+    log-probabilities at every step (-inf: the image may not use the word), on top of the `WordBans` every
+    image shares; a hypothesis's log_prob then includes them.
 
     Sampling draws from softmax(logits / T) over the words not banned by inverse transform: one uniform
     number per image and step, looked up in the cumulative distribution (the Gumbel-max trick it replaced
@@ -144,6 +150,8 @@ def sequential_decode(
     for t in range(max_length):
         logits, state = decoder.step(tokens, state)
         lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, logits.size(1)), NEG_INF)
+        if word_scores is not None:
+            lp.add_(word_scores[alive])
         _ban_repeated_ngrams(lp, out[alive, :t], no_repeat_ngram_size)
         if sample:
             uniform = (torch.rand(len(alive), 1, generator=shared, device=device) if shared is not None else
@@ -226,6 +234,7 @@ def beam_search(
     no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
     suppress_ids: Sequence[int] = (),
     no_end_after: Sequence[int] = (),
+    word_scores: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search over a batch of images; returns the `n_best` hypotheses of each, best first.
 
@@ -235,7 +244,9 @@ def beam_search(
     live ones, and an image stops once no live hypothesis can beat its n-th best finished one (a bound that
     holds for length_penalty >= 0, so negative penalties are refused).
     If fewer than `n_best` hypotheses finish within `max_length` words, the best unfinished ones fill in, so
-    every image always gets an answer.
+    every image always gets an answer. `word_scores` [N, V] are added to each image's word log-probabilities
+    (as in `sequential_decode`): the search is exact over the scores they make, and never uses a word they
+    set to -inf.
     """
     _check(max_length, min_length)
     if not 1 <= n_best <= beam_size:
@@ -253,11 +264,14 @@ def beam_search(
     fin_raw = torch.full((b, k), NEG_INF, device=device)
     fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
     offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
+    row_scores = word_scores.repeat_interleave(k, dim=0) if word_scores is not None else None  # rows stay per image
 
     for t in range(max_length):
         logits, state = decoder.step(tokens, state)
         vocab = logits.size(1)
         lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, vocab), NEG_INF)
+        if row_scores is not None:
+            lp.add_(row_scores)
         _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
         if t >= min_length:
             # A hypothesis may end here (with t words) if <end> ranks among the image's k best candidates,

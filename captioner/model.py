@@ -16,7 +16,8 @@ from .decoder import CaptionDecoder, DecoderConfig
 from .decoding import Hypothesis, WordBans, beam_search, sequential_decode
 from .encoders import create_encoder
 from .explain import Explanation, check_explainable, explain_captions
-from .options import DecodeOptions
+from .grounding import Evidence, Grounding, ImageEvidence
+from .options import DecodeOptions, OptionError
 from .preprocess import DEFAULT_MAX_PIXELS, ImageInput, PreprocessConfig, preprocess
 from .vocab import Vocabulary
 
@@ -36,9 +37,13 @@ class Caption:
     finished: bool = True  # False if max_length cut it before <end>
     ids: list[int] = field(default_factory=list, repr=False)  # the word ids, for scoring it again
     explanation: Explanation | None = field(default=None, repr=False)  # with caption(..., explain=True)
+    evidence: list[Evidence] = field(default_factory=list)  # what it names, and the photo's support for each
+    image: ImageEvidence | None = field(default=None, repr=False)  # the photo's evidence (models with grounding)
 
     def to_dict(self) -> dict:
         d = {"text": self.text, "tokens": self.tokens, "log_prob": round(self.log_prob, 4)}
+        if self.image is not None:
+            d["evidence"] = [e.to_dict() for e in self.evidence]
         if self.explanation is not None:
             d["explanation"] = self.explanation.to_dict()
         return d
@@ -72,6 +77,7 @@ class Captioner:
         info: dict | None = None,
         checkpoint_sha256: str | None = None,
         decoding: dict | None = None,
+        grounding: Grounding | None = None,
     ):
         self.encoder = encoder.eval().to(memory_format=torch.channels_last)
         self.decoder = decoder.eval()
@@ -83,6 +89,7 @@ class Captioner:
         self.checkpoint_sha256 = checkpoint_sha256
         self.decoding = dict(decoding or {})  # e.g. {"length_penalty": 1.0, "no_repeat_ngram_size": 3}
         self.default_options = DecodeOptions.from_dict(self.decoding)
+        self.grounding = grounding.eval() if grounding is not None else None
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -95,16 +102,19 @@ class Captioner:
             decoder.load_state_dict(ck.part("decoder"), strict=True)
             vocab = Vocabulary(ck.vocab)
             pre = PreprocessConfig.from_dict(ck.preprocess)
+            grounding = Grounding.from_metadata(ck.grounding, ck.part("grounding"), vocab) if ck.grounding else None
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ckpt_io.CheckpointError(f"{path}: incompatible checkpoint ({exc})") from exc
         if decoder.cfg.vocab_size != len(vocab):
             raise ckpt_io.CheckpointError(f"{path}: decoder has {decoder.cfg.vocab_size} words, vocabulary {len(vocab)}")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding)
+        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding, grounding)
 
     def checkpoint(self, metrics: dict | None = None, info: dict | None = None) -> ckpt_io.Checkpoint:
         tensors = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         tensors.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        if self.grounding is not None:
+            tensors.update({f"grounding.{k}": v for k, v in self.grounding.state_dict().items()})
         return ckpt_io.Checkpoint(
             tensors=tensors,
             encoder={"name": self.encoder_name},
@@ -114,6 +124,7 @@ class Captioner:
             metrics=metrics if metrics is not None else self.metrics,
             info=info if info is not None else self.info,
             decoding=self.decoding,
+            grounding=self.grounding.metadata() if self.grounding is not None else {},
         )
 
     # -- inference --------------------------------------------------------------------------------
@@ -135,10 +146,14 @@ class Captioner:
         sampling seed. Always decodes in eval mode (no dropout), whatever mode the decoder is in.
         """
         opts = (options or self.default_options).updated(overrides, len(self.vocab))
+        if opts.grounded and self.grounding is None:
+            raise OptionError("grounded=true needs a model with grounding evidence; this one has none")
         bans = word_bans(self.vocab, opts)
+        evidence, images = self.grounding.image_evidence(features) if self.grounding is not None else (None, None)
         common = dict(start_id=self.vocab.start_id, end_id=bans.end_id, max_length=opts.max_length,
                       min_length=bans.min_length, no_repeat_ngram_size=opts.no_repeat_ngram_size,
-                      suppress_ids=bans.suppress, no_end_after=bans.no_end_after)
+                      suppress_ids=bans.suppress, no_end_after=bans.no_end_after,
+                      word_scores=self.grounding.word_scores(evidence) if opts.grounded else None)
         training = self.decoder.training
         self.decoder.eval()
         try:
@@ -153,7 +168,10 @@ class Captioner:
                                                        top_p=opts.top_p, seeds=per_image if sample else None)]
         finally:
             self.decoder.train(training)
-        return [[self._caption(h) for h in per_image] for per_image in hyps]
+        if images is None:
+            return [[self._caption(h) for h in per_image] for per_image in hyps]
+        images = [self.grounding.judge_caption(im, h[0].log_prob, len(h[0].tokens)) for im, h in zip(images, hyps)]
+        return [[self._caption(h, evidence[i], images[i]) for h in per_image] for i, per_image in enumerate(hyps)]
 
     def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,
                 explain: bool = False, seeds: Sequence[int | None] | None = None, **overrides) -> list[list[Caption]]:
@@ -183,9 +201,10 @@ class Captioner:
         for caption, explanation in zip(captions, explain_captions(self, image, captions, options or self.default_options)):
             caption.explanation = explanation
 
-    def _caption(self, h: Hypothesis) -> Caption:
+    def _caption(self, h: Hypothesis, evidence: torch.Tensor | None = None, image: ImageEvidence | None = None) -> Caption:
         words = self.vocab.decode(h.tokens)
-        return Caption(" ".join(words), words, h.log_prob, h.finished, ids=list(h.tokens))
+        named = self.grounding.caption_evidence(h.tokens, evidence) if image is not None else []
+        return Caption(" ".join(words), words, h.log_prob, h.finished, ids=list(h.tokens), evidence=named, image=image)
 
     def describe(self) -> dict:
         """A JSON-able summary: what the service's /v1/model returns."""
@@ -199,6 +218,7 @@ class Captioner:
             "checkpoint_sha256": self.checkpoint_sha256,
             "decoding_defaults": self.decoding,
             "metrics": self.metrics,
+            "grounding": self.grounding.describe() if self.grounding is not None else None,
         }
 
 

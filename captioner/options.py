@@ -39,6 +39,8 @@ class DecodeOptions:
     seed: int | None = _option(None, 0, MAX_SEED, help="makes method=sample reproducible")
     length_penalty: float = _option(0.0, 0.0, 5.0, help="beam ranks by log p / length ** penalty (0 = none)")
     no_repeat_ngram_size: int = _option(0, 0, 6, help="no n-gram of this size twice in a caption (0 = off)")
+    grounded: bool = _option(False, help="never name an object the photo shows no evidence of (models with "
+                                         "grounding; the shipped model's default)")
     no_end_after: tuple[str, ...] = _option((), public=False, help="words a caption may not end on")
 
     def validate(self, vocab_size: int | None = None) -> "DecodeOptions":
@@ -97,10 +99,24 @@ def option_type(name: str) -> type:
     return next(a for a in typing.get_args(hint) if a is not type(None)) if typing.get_args(hint) else hint
 
 
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def parse_bool(name: str, value) -> bool:
+    """A JSON boolean, or true/false/1/0/yes/no/on/off as text (query strings, form fields, the command line)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise OptionError(f"{name} must be true or false, got {value!r}")
+
+
 def _coerce(name: str, value):
     kind = option_type(name)
     if (value is None or value == "") and type(None) in typing.get_args(_HINTS[name]):
         return None  # an optional option (the seed) left empty
+    if kind is bool:
+        return parse_bool(name, value)
     if kind is tuple:
         if isinstance(value, str) or not all(isinstance(w, str) for w in value):
             raise OptionError(f"{name} must be a list of words")

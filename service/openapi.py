@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from captioner import __version__
 from captioner.explain import MAX_N_BEST
+from captioner.grounding import IMPROBABLE, UNFAMILIAR
 from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions, option_type
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-_JSON_TYPES = {int: "integer", float: "number", str: "string"}
+_JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
 def option_schemas(defaults: DecodeOptions) -> dict:
@@ -52,6 +53,31 @@ _EXPLANATION = {
                            "activation": {"type": "array", "items": {"type": "number", "minimum": -1, "maximum": 1}}}}},
     },
 }
+
+
+_EVIDENCE = {
+    "type": "array", "description": "each object the caption names, with the photo's evidence for it",
+    "items": {"type": "object", "required": ["word", "concept", "prob", "source"], "additionalProperties": False,
+              "properties": {"word": {"type": "string"}, "concept": {"type": "string"}, "prob": _PROB,
+                             "source": {"type": "string", "enum": ["imagenet", "detector"],
+                                        "description": "the encoder's ImageNet head, or a detector learned "
+                                                       "from training captions"}}}}
+_GROUNDING = {
+    "type": ["object", "null"], "required": ["low_confidence", "reason", "note", "labels", "concepts"],
+    "additionalProperties": False,
+    "description": "the photo's evidence (null for a model without grounding)",
+    "properties": {
+        "low_confidence": {"type": "boolean", "description": "do not trust the caption (see reason); alt_text "
+                                                             "then says what the photo probably shows instead"},
+        "reason": {"enum": [UNFAMILIAR, IMPROBABLE, None],
+                   "description": f"why low_confidence: {UNFAMILIAR} (the ImageNet head is sure of a class the model "
+                                  f"never learned to talk about) or {IMPROBABLE} (the decoder itself finds its best "
+                                  "caption improbable)"},
+        "note": {"type": ["string", "null"], "description": "a sentence for the reader when low_confidence"},
+        "labels": {"type": "array", "description": "the ImageNet head's likeliest classes", "items": {
+            "type": "object", "required": ["label", "prob"], "additionalProperties": False,
+            "properties": {"label": {"type": "string"}, "prob": _PROB}}},
+        "concepts": {"type": "object", "description": "every concept's evidence", "additionalProperties": _PROB}}}
 
 
 def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
@@ -103,11 +129,17 @@ def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
             "Caption": {"type": "object", "required": ["text", "log_prob", "tokens"], "properties": {
                 "text": {"type": "string"}, "log_prob": {"type": "number", "maximum": 0},
                 "tokens": {"type": "array", "items": {"type": "string"}},
+                "evidence": _EVIDENCE,
                 "explanation": {"$ref": "#/components/schemas/Explanation"}}},
             "Explanation": _EXPLANATION,
-            "CaptionResponse": {"type": "object", "required": ["captions", "model", "timing_ms", "options", "batch_size"],
+            "CaptionResponse": {"type": "object", "required": ["alt_text", "captions", "grounding", "model", "timing_ms",
+                                                               "options", "batch_size"],
                                 "properties": {
+                "alt_text": {"type": "string", "description": "for an image's alt attribute: the best caption as a "
+                             "sentence or, when grounding.low_confidence, what the photo probably shows and why there "
+                             "is no caption"},
                 "captions": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Caption"}},
+                "grounding": _GROUNDING,
                 "options": {"type": "object", "description": "the options used, the model's defaults filled in",
                             "required": list(PUBLIC_OPTIONS), "additionalProperties": False,
                             "properties": {**options, "seed": {"type": ["integer", "null"]}}},
@@ -121,7 +153,9 @@ def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
                 "name": {"type": "string"}, "encoder": {"type": "string"},
                 "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
                 "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
-                "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"}}},
+                "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},
+                "grounding": {"type": ["object", "null"], "description": "concepts with their evidence source and "
+                                                                          "threshold; null without grounding"}}},
             "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
             "Error": {"type": "object", "required": ["error"], "properties": {"error": {
                 "type": "object", "required": ["code", "message"], "additionalProperties": False,

@@ -12,7 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from captioner import ImageError, ImageTooLarge
 from captioner.explain import VIEW_JS, check_explainable
-from captioner.options import OptionError
+from captioner.grounding import sentence
+from captioner.options import OptionError, parse_bool
 
 from .errors import ApiError
 from .model_state import ServiceState, current_state, ready_state
@@ -68,7 +69,7 @@ def captions():
     if not data:
         raise ApiError(400, "missing_image", "the image is empty (0 bytes)")
     try:
-        explain = parse_explain(raw_options.pop("explain", False))
+        explain = parse_bool("explain", raw_options.pop("explain", False))
         options = st.model.default_options.updated(raw_options, len(st.model.vocab), public_only=True)
         if explain:
             check_explainable(options.n_best)
@@ -87,8 +88,11 @@ def captions():
     except TimeoutError:
         raise ApiError(503, "overloaded", f"no result within {st.settings.request_timeout_s:g} s; try again") from None
     total = (time.perf_counter() - t0) * 1000
+    best, image = result.captions[0], result.captions[0].image
     return jsonify({
+        "alt_text": image.alt_text(best.text) if image is not None else sentence(best.text),
         "captions": [c.to_dict() for c in result.captions],
+        "grounding": image.to_dict() if image is not None else None,
         "options": options.public_dict(),
         "model": model_summary(st),
         "timing_ms": {"read": round((t1 - t0) * 1000, 2), "preprocess": round((t2 - t1) * 1000, 2),
@@ -96,15 +100,6 @@ def captions():
                       "decode": round(result.decode_ms, 2), "total": round(total, 2)},
         "batch_size": result.batch_size,
     })
-
-
-def parse_explain(value) -> bool:
-    """The `explain` field: a JSON boolean, or true/false/1/0/yes/no as text."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on", "false", "0", "no", "off", ""):
-        return value.strip().lower() in ("true", "1", "yes", "on")
-    raise OptionError(f"explain must be true or false, got {value!r}")
 
 
 def model_summary(st: ServiceState) -> dict:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
+from referencing import Registry, Resource
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.encoders import create_encoder, encoder_spec
 from captioner.model import Captioner
 from captioner.vocab import SPECIALS, Vocabulary
+from service.openapi import openapi_spec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LITE0 = encoder_spec("efficientnet_lite0")
@@ -66,3 +69,12 @@ def small_captioner() -> Captioner:
     vocab = tiny_vocab(30)
     encoder = create_encoder("efficientnet_lite0", pretrained=False)
     return Captioner(encoder, tiny_decoder(len(vocab)), vocab, LITE0.preprocess(), "efficientnet_lite0")
+
+
+_SPEC_REGISTRY = Registry().with_resource("urn:spec", Resource.opaque(openapi_spec()))
+
+
+def check_schema(body: dict, name: str) -> None:
+    """Validate a real response body against the OpenAPI document's component schema `name`."""
+    jsonschema.Draft202012Validator({"$ref": f"urn:spec#/components/schemas/{name}"},
+                                    registry=_SPEC_REGISTRY).validate(body)

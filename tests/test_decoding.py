@@ -223,3 +223,39 @@ def test_no_end_after_words_that_cannot_end_a_caption():
                                          no_end_after=banned) for h in hyps]
     assert any(h.finished for h in ruled)
     assert all(h.tokens[-1] == 7 for h in ruled if h.finished), [h.tokens for h in ruled]
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_word_scores_keep_beam_search_exact(length_penalty):
+    """Grounded decoding's per-image word scores (-inf bans a word, a negative number discourages it): a beam
+    wider than every candidate set must return, for each image of one batch, the exhaustive best by log p plus
+    the scores of its words. Each image bans a word of its own unconstrained best caption and discourages
+    another, so the scores always matter."""
+    dec = tiny_decoder(4 + 4, seed=5)
+    with torch.no_grad():
+        dec.out.bias[0] = dec.out.bias[1] = dec.out.bias[3] = -1e4
+    words, max_len, v = [4, 5, 6, 7], 3, feats(3, seed=9)
+    scores = torch.zeros(3, 8)
+
+    def exhaustive(i: int) -> list[tuple[float, list[int]]]:
+        seqs = [list(s) for n in range(1, max_len) for s in itertools.product(words, repeat=n)]
+        scored = [(sequence_log_prob(dec, v[i], s, True) + float(scores[i, s].sum()), s) for s in seqs]
+        scored = [x for x in scored if x[0] > -math.inf]
+        return sorted(scored, key=lambda x: x[0] / (len(x[1]) + 1) ** length_penalty, reverse=True)
+
+    for i in range(3):
+        best = exhaustive(i)[0][1]
+        scores[i, best[0]] = -math.inf
+        scores[i, [w for w in words if w != best[0]][i]] = -1.5
+    hyps = beam_search(dec, v, START, END, beam_size=100, n_best=2, max_length=max_len,
+                       length_penalty=length_penalty, word_scores=scores)
+    greedy = sequential_decode(dec, v, START, END, max_length=max_len, word_scores=scores)
+    for i in range(3):
+        best = exhaustive(i)[:2]
+        assert [h.tokens for h in hyps[i]] == [s for _, s in best]
+        for h, (lp, _) in zip(hyps[i], best):
+            assert math.isclose(h.log_prob, lp, rel_tol=1e-4, abs_tol=1e-5)
+        banned = set((scores[i] == -math.inf).nonzero()[:, 0].tolist())
+        assert not set(greedy[i].tokens) & banned
+    one = beam_search(dec, v, START, END, beam_size=1, max_length=max_len, word_scores=scores)
+    assert [h[0].tokens for h in one] == [g.tokens for g in greedy]  # beam 1 is still greedy under the scores

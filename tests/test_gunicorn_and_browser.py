@@ -135,3 +135,20 @@ def test_web_page_explains_a_caption_and_overlays_a_words_saliency(server, cat_p
         "const c = arguments[0]; const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
         "let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n;", canvas)
     assert painted > 0  # the heatmap was drawn over the photo
+
+
+@pytest.mark.slow
+def test_web_page_shows_evidence_and_says_when_it_cannot_describe_a_photo(server, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from .conftest import FIXTURES
+
+    items = upload(browser, server[0], FIXTURES / "imagenet-labrador.jpg")
+    assert "evidence: dog" in items[0].find_element(By.CSS_SELECTOR, ".evidence").text
+    assert not browser.find_element(By.ID, "warning").is_displayed()
+    upload(browser, server[0], FIXTURES / "imagenet-cheeseburger.jpg")
+    warning = browser.find_element(By.ID, "warning")
+    assert warning.is_displayed() and warning.text.startswith("Probably a cheeseburger.")
+    assert "cheeseburger" in warning.text.split("ImageNet labels:")[1]
+    assert "unreliable" in browser.find_element(By.ID, "captions").get_attribute("class")  # shown as such
+    browser.save_screenshot(str(tmp_path / "page.png"))

@@ -6,14 +6,13 @@ import threading
 
 import jsonschema
 import pytest
-from referencing import Registry, Resource
 
 from captioner.options import DecodeOptions, OptionError
 from service.app import create_app
-from service.openapi import openapi_spec
 from service.settings import Settings
 
 from . import images
+from .conftest import check_schema
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +24,6 @@ def app(small_captioner, tmp_path_factory):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-SPEC = openapi_spec()
-REGISTRY = Registry().with_resource("urn:spec", Resource.opaque(SPEC))
-
-
-def check_schema(body: dict, name: str) -> None:
-    """Validate a real response body against the OpenAPI document's component schema."""
-    jsonschema.Draft202012Validator({"$ref": f"urn:spec#/components/schemas/{name}"}, registry=REGISTRY).validate(body)
 
 
 def post_multipart(client, data: bytes, **fields):

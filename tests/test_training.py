@@ -66,6 +66,8 @@ def test_training_learns_and_exports_a_usable_model(demo_dir, cache_dir, tmp_pat
     for name in ("model.safetensors", "best.safetensors", "last.pt", "metrics.jsonl", "metrics.json", "training.png", "model.md"):
         assert (tmp_path / name).is_file(), name
     model = captioner.load(tmp_path / "model.safetensors")
+    # grounding is fitted and ships on, its caption floor calibrated on the trained decoder's val captions
+    assert model.default_options.grounded and model.grounding.min_word_score < 0
     photo = next((demo_dir / "images").glob("*red_circle*"), None) or next((demo_dir / "images").iterdir())
     words = set(model.caption([photo], method="greedy")[0][0].tokens)
     colour, shape = photo.name.split("_")[2:4]

@@ -66,6 +66,13 @@ class TrainConfig:
     length_penalty: float = DecodeOptions.length_penalty  # beam search only
     no_repeat_ngram_size: int = DecodeOptions.no_repeat_ngram_size
     block_bad_endings: bool = False  # no <end> after words that (almost) never end a training caption
+    # grounding (captioner.grounding, training.grounding): concept evidence fitted once the features are cached
+    grounded: bool = True  # decode grounded: validation selects, and the model ships, with it
+    grounding_threshold: float = 0.1  # never name a concept whose calibrated evidence is below this (chosen on val)
+    grounding_weight: float = 1.0  # a concept word scores p(word) x evidence ** this during grounded decoding
+    grounding_l2: float = 1e-4  # L2 weight of the learned concept detectors (logistic regression on v)
+    low_confidence_prob: float = 0.3  # flag a photo whose top ImageNet class, this sure, is one the model never learned
+    low_confidence_caption_share: float = 0.01  # ... or whose caption scores lower than all but this share of val captions
     val_max_images: int = 0  # 0 = all
     final_beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5])  # also scored at the end
     # run

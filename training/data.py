@@ -126,7 +126,19 @@ class TrainingData:
         return self.tokens[rows, : int(self.lengths[rows].max())]
 
 
-def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: "Distributed") -> TrainingData:
+@dataclass(frozen=True)
+class SingleProcess:
+    """`train.Distributed` for one process on the CPU: what tools that only read the data pass in."""
+
+    device: torch.device = torch.device("cpu")
+    enabled: bool = False
+    main: bool = True
+
+    def barrier(self) -> None:
+        pass
+
+
+def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: "Distributed | SingleProcess") -> TrainingData:
     """Read the records, build the vocabulary from the training captions, and load (or extract) every
     image's vector. Raises DataError with instructions when the data is not where the config says."""
     pre, encoder_id = preprocess_config(cfg), encoder_identity(cfg)

@@ -5,7 +5,7 @@
 
 Decoding flags are `DecodeOptions`' (as in `python -m captioner caption`); those not given keep the model's
 own defaults. Beside the toolkit's scores it reports the captions' fluency (`training.fluency`) and the same
-rows for the first human reference of each photo. Training scores its final model with `caption_records`
+rows for the first human reference of each photo, and object hallucination (CHAIR, `training.hallucination`). Training scores its final model with `caption_records`
 too, so a checkpoint's stored metrics are what this command reports for it.
 """
 
@@ -18,37 +18,44 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from captioner import Captioner, load
+from captioner import Caption, Captioner, load
 from captioner.options import DecodeOptions, add_arguments, from_arguments
 
 from .datasets import FORMATS, DataError, Record, read_records
 from .features import image_loader
 from .fluency import fluency
+from .hallucination import chair, low_confidence_pct
 from .metrics import coco_scores
 
 log = logging.getLogger("training.evaluate")
 
 
 def caption_records(model: Captioner, records: list[Record], options: Sequence[DecodeOptions], batch_size: int = 32,
-                    num_workers: int = 2) -> list[list[str]]:
+                    num_workers: int = 2) -> list[list[Caption]]:
     """For each options, the model's best caption of each record's image: files read, encoded (once) and
     decoded as served."""
     loader = image_loader([r.image_path for r in records], model.preprocess_cfg, batch_size, num_workers,
                           next(model.encoder.parameters()).device)
-    out: list[list[str]] = [[] for _ in options]
+    out: list[list[Caption]] = [[] for _ in options]
     for batch in loader:
         features = model.encode(batch)
         for captions, opts in zip(out, options):
-            captions.extend(c[0].text for c in model.decode(features, opts))
+            captions.extend(c[0] for c in model.decode(features, opts))
     return out
+
 
 
 def evaluate(model: Captioner, records: list[Record], options: Sequence[DecodeOptions],
              num_workers: int = 2) -> list[tuple[dict, list[str]]]:
-    """For each options: COCO-toolkit scores plus the captions' fluency, and the captions they were computed from."""
+    """For each options: COCO-toolkit scores plus the captions' fluency and hallucination, and the captions they
+    were computed from."""
     refs = [list(r.captions) for r in records]
-    return [({**coco_scores(caps, refs), "fluency": fluency(caps)}, caps)
-            for caps in caption_records(model, records, options, num_workers=num_workers)]
+    out = []
+    for captions in caption_records(model, records, options, num_workers=num_workers):
+        texts = [c.text for c in captions]
+        out.append(({**coco_scores(texts, refs), "fluency": fluency(texts), "hallucination": chair(texts, refs),
+                     "low_confidence_pct": low_confidence_pct(captions)}, texts))
+    return out
 
 
 def human_fluency(records: list[Record]) -> dict:

@@ -43,6 +43,7 @@ from .data import TrainingData, epoch_batches, prepare_data
 from .datasets import DataError
 from .evaluate import evaluate, human_fluency
 from .fluency import disfluent_pct
+from .grounding import caption_score_floor, fit_grounding
 from .metrics import CiderD, quick_scores
 from .report import write_model_card, write_plot
 from .retrieval import Retrieval, train_retrieval, val_self_retrieval
@@ -193,7 +194,8 @@ def build_decoder(cfg: TrainConfig, data: TrainingData, feature_dim: int) -> Cap
 def shipped_options(cfg: TrainConfig, no_end_after: list[str]) -> DecodeOptions:
     """The decoding a model is selected with during training and ships with in its checkpoint."""
     return DecodeOptions(beam_size=cfg.beam_size, max_length=cfg.max_caption_words, length_penalty=cfg.length_penalty,
-                         no_repeat_ngram_size=cfg.no_repeat_ngram_size, no_end_after=tuple(no_end_after)).validate()
+                         no_repeat_ngram_size=cfg.no_repeat_ngram_size, no_end_after=tuple(no_end_after),
+                         grounded=cfg.grounded).validate()
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -222,8 +224,10 @@ class Trainer:
         self.options = shipped_options(cfg, self.data.no_end_after)
         v = self.data.vocab
         self.bans = word_bans(v, self.options)  # SCST samples under the rule the model decodes with
-        self.captioner = Captioner(self.encoder, self.decoder, v, self.data.preprocess, cfg.encoder,
-                                   decoding=self.options.to_dict())
+        d = self.data
+        grounding = fit_grounding(cfg, v, d.train, d.train_feats.cpu()).to(self.device)
+        self.captioner = Captioner(self.encoder, self.decoder, v, d.preprocess, cfg.encoder,
+                                   decoding=self.options.to_dict(), grounding=grounding)
         self.opt = self._optimiser(cfg.lr)
         self.reward: Reward | None = None  # SCST's reward, its references prepared on first use
         self.retrieval: Retrieval | None = None  # its discriminability term's model, trained on first use
@@ -424,6 +428,8 @@ class Trainer:
         `final_beam_sizes`. Writes the card, the plot and the default decoding's captions."""
         cfg = self.cfg
         self._load_best_decoder()
+        self.captioner.grounding.min_word_score = caption_score_floor(self.captioner, self.data.val_feats, self.options,
+                                                                      cfg.low_confidence_caption_share)
         info = {"config": dataclasses.asdict(cfg), "train_images": len(self.data.train),
                 "train_captions": len(self.data.tokens), "train_seconds": round(self.state["train_seconds"], 1),
                 "feature_seconds": round(self.data.feature_seconds, 1), "torch": torch.__version__}
