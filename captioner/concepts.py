@@ -40,7 +40,11 @@ CONCEPTS: tuple[Concept, ...] = (
         riders cyclist cyclists worker workers soldier dancer dancers mother father son daughter brother sister
         friends friend policeman officer skateboarder skateboarders skater skaters singer performer performers
         audience spectators family couple someone gentleman individual youngster youngsters infant toddler
-        bride groom cowboy cowboys athlete athletes runner runners hiker hikers fans tourists""".split())),
+        bride groom cowboy cowboys athlete athletes runner runners hiker hikers fans tourists male males female
+        females artist bicyclist bicyclists bridesmaids catcher cheerleader cheerleaders clown clowns cop cowgirl
+        diver drummer fan fisherman goalie guitarist human individuals jockey kayaker mom motorcyclist
+        motorcyclists musicians officers opponent parent parents pedestrian pedestrians police policemen
+        quarterback students team vendor wrestler wrestlers""".split())),
     Concept("dog", ("dog", "dogs", "puppy", "puppies"), _classes((151, 268))),
     Concept("cat", ("cat", "cats", "kitten", "kittens"), _classes((281, 285))),
     Concept("bird", ("bird", "birds", "duck", "ducks", "geese", "goose", "seagull", "seagulls", "pigeon", "pigeons",

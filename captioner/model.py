@@ -149,11 +149,12 @@ class Captioner:
         if opts.grounded and self.grounding is None:
             raise OptionError("grounded=true needs a model with grounding evidence; this one has none")
         bans = word_bans(self.vocab, opts)
-        evidence, images = self.grounding.image_evidence(features) if self.grounding is not None else (None, None)
+        grounding = self.grounding
+        evidence, allowed, images = grounding.image_evidence(features) if grounding is not None else (None, None, None)
         common = dict(start_id=self.vocab.start_id, end_id=bans.end_id, max_length=opts.max_length,
                       min_length=bans.min_length, no_repeat_ngram_size=opts.no_repeat_ngram_size,
                       suppress_ids=bans.suppress, no_end_after=bans.no_end_after,
-                      word_scores=self.grounding.word_scores(evidence) if opts.grounded else None)
+                      word_scores=self.grounding.word_scores(evidence, allowed) if opts.grounded else None)
         training = self.decoder.training
         self.decoder.eval()
         try:

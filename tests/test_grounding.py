@@ -12,7 +12,7 @@ from captioner.grounding import IMPROBABLE, UNFAMILIAR, GroundedConcept, Groundi
 from captioner.model import Captioner
 from captioner.options import OptionError
 from captioner.vocab import SPECIALS, Vocabulary
-from training.grounding import concept_labels, fit_detectors, out_of_fold_logits, platt
+from training.grounding import concept_labels, context_rates, fit_detectors, out_of_fold_logits, platt
 from training.hallucination import chair, imagenet_rows
 from training.datasets import Record
 
@@ -31,9 +31,7 @@ def hand_grounding(low_confidence_prob: float = 0.5) -> Grounding:
     head[torch.arange(4), torch.arange(4) + 4] = 10.0  # feature 4 + k votes for class k
     det = torch.zeros(2, D)
     det[1, 0] = 10.0
-    g.load_state_dict({"head_weight": head, "head_bias": torch.zeros(4), "detector_weight": det,
-                       "detector_bias": torch.tensor([0.0, -5.0]), "calibration_scale": torch.ones(2),
-                       "calibration_bias": torch.zeros(2)})
+    g.head_weight, g.detector_weight, g.detector_bias = head, det, torch.tensor([0.0, -5.0])
     return g
 
 
@@ -57,8 +55,8 @@ def test_evidence_sums_a_concepts_classes_and_reads_detectors():
 
 def test_word_scores_ban_concepts_below_threshold_and_weigh_the_rest_by_evidence():
     g = hand_grounding()
-    ev = g.evidence(vectors({4: 1.0, 0: 0.55}, {7: 1.0, 0: 1.0}))  # a dog with a faint person; a person with a burger
-    scores = g.word_scores(ev)
+    ev, allowed, _ = g.image_evidence(vectors({4: 1.0, 0: 0.55}, {7: 1.0, 0: 1.0}))  # a dog, a faint person; a person, a burger
+    scores = g.word_scores(ev, allowed)
     ids = g.vocab.stoi
     banned = lambda row: {g.vocab.itos[i] for i in (scores[row] == -math.inf).nonzero()[:, 0].tolist()}  # noqa: E731
     assert banned(0) == set() and banned(1) == {"dog", "puppy"}
@@ -68,9 +66,32 @@ def test_word_scores_ban_concepts_below_threshold_and_weigh_the_rest_by_evidence
     assert float(scores[:, ids["runs"]].abs().sum()) == 0.0 and float(scores[1, ids["man"]]) > -0.01
 
 
+def test_a_guarded_concept_needs_support_from_the_classes_the_head_sees():
+    """Person guarded by its context: its rate among training photos is 0.9 for 'seashore' (class 2), 0 for
+    'cheeseburger' (class 3). The same sure detector allows it beside a seashore, not beside a cheeseburger;
+    an unguarded concept (dog) is untouched."""
+    g = hand_grounding()
+    rate = torch.ones(4, 2)
+    rate[:, 1] = torch.tensor([0.0, 0.0, 0.9, 0.0])
+    g.context_rate = rate
+    ev, allowed, _ = g.image_evidence(vectors({0: 1.0, 6: 1.0}, {0: 1.0, 7: 1.0}, {0: 1.0, 4: 1.0}))
+    assert (ev[:, 1] > 0.99).all()  # the detector is sure in all three
+    assert allowed[:, 1].tolist() == [True, False, False]
+    assert allowed[:, 0].tolist() == [False, False, True]  # dog: its own evidence only
+    assert float(g.word_scores(ev, allowed)[1, g.vocab.stoi["man"]]) == -math.inf
+
+
+def test_context_rates_count_training_photos_and_pull_rare_classes_to_zero():
+    probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # class 0: three photos, class 1: one
+    labels = torch.tensor([[True, True], [True, False], [False, False], [True, True]])
+    rates = context_rates(probs, labels, torch.tensor([True, False]), prior_photos=1.0)
+    assert rates[:, 0].tolist() == pytest.approx([2 / 4, 1 / 2])  # 2 of 3 photos (+1 phantom); 1 of 1 (+1)
+    assert rates[:, 1].tolist() == [1.0, 1.0]  # not guarded
+
+
 def test_low_confidence_when_the_top_class_is_unknown_and_sure():
     g = hand_grounding(low_confidence_prob=0.5)
-    _, images = g.image_evidence(vectors({7: 1.0}, {6: 1.0}, {7: 0.05}))
+    _, _, images = g.image_evidence(vectors({7: 1.0}, {6: 1.0}, {7: 0.05}))
     assert images[0].low_confidence and images[0].labels[0][0] == "cheeseburger"
     assert not images[1].low_confidence  # seashore: a class the model knows
     assert not images[2].low_confidence  # cheeseburger on top, but unsure (all four classes near 0.25)
@@ -174,12 +195,12 @@ def test_concept_labels_come_from_any_reference():
 
 def test_a_caption_below_the_floor_is_judged_improbable():
     g = hand_grounding()
-    _, (image,) = g.image_evidence(vectors({4: 1.0}))
+    _, _, (image,) = g.image_evidence(vectors({4: 1.0}))
     assert g.judge_caption(image, log_prob=-10.0, words=3).reason is None  # no floor fitted: never
     g.min_word_score = -1.0
     assert g.judge_caption(image, log_prob=-3.9, words=3).reason is None  # -0.975 per word and <end>
     assert g.judge_caption(image, log_prob=-4.1, words=3).reason == IMPROBABLE
-    _, (burger,) = g.image_evidence(vectors({7: 1.0}))
+    _, _, (burger,) = g.image_evidence(vectors({7: 1.0}))
     assert g.judge_caption(burger, log_prob=-40.0, words=3).reason == UNFAMILIAR  # the first reason stands
 
 

@@ -71,6 +71,10 @@ class TrainConfig:
     grounding_threshold: float = 0.1  # never name a concept whose calibrated evidence is below this (chosen on val)
     grounding_weight: float = 1.0  # a concept word scores p(word) x evidence ** this during grounded decoding
     grounding_l2: float = 1e-4  # L2 weight of the learned concept detectors (logistic regression on v)
+    # learned concepts that may be named only where the ImageNet classes the head sees had them in training
+    # (person: its detector learned where 77 % of photos show people, and says so off-domain too)
+    grounding_context_concepts: list[str] = field(default_factory=lambda: ["person"])
+    grounding_context_prior: float = 20.0  # phantom photos showing nothing, per ImageNet class, in those rates
     low_confidence_prob: float = 0.3  # flag a photo whose top ImageNet class, this sure, is one the model never learned
     low_confidence_caption_share: float = 0.01  # ... or whose caption scores lower than all but this share of val captions
     val_max_images: int = 0  # 0 = all

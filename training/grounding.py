@@ -10,7 +10,6 @@ adds grounding to a trained checkpoint (decoder untouched) from the config's cac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from collections import Counter
@@ -103,6 +102,15 @@ def platt(scores: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> tuple
     return scale.detach(), bias.detach()
 
 
+def context_rates(train_probs: torch.Tensor, labels: torch.Tensor, guarded: torch.Tensor,
+                  prior_photos: float) -> torch.Tensor:
+    """[classes, concepts]: per ImageNet class, the share of its training photos (soft: weighted by the head's
+    probability) that show each `guarded` concept, as if `prior_photos` more photos of it showed none, so a
+    class the training photos rarely had supports nothing; 1 for the concepts not guarded."""
+    rates = (train_probs.T @ labels.float()) / (train_probs.sum(0)[:, None] + prior_photos)
+    return rates.masked_fill(~guarded, 1.0)
+
+
 def known_classes(concepts: Sequence[Concept], labels: torch.Tensor, train_probs: torch.Tensor) -> list[int]:
     """The ImageNet classes the model has learned to talk about: those that are the top class of several
     training photos, and the classes of concepts that many training photos show (`labels` [photos, concepts]).
@@ -135,12 +143,15 @@ def fit_grounding(cfg: TrainConfig, vocab: Vocabulary, train: Sequence[Record], 
     train_probs = torch.softmax(train_feats.float() @ weight.T + bias, 1) if head is not None else None
     known = known_classes(table, y, train_probs) if head is not None else []
     grounding = Grounding(concepts, vocab, labels, known, cfg.low_confidence_prob, train_feats.size(1), cfg.grounding_weight)
-    grounding.load_state_dict({"head_weight": weight, "head_bias": bias, "detector_weight": det_w,
-                               "detector_bias": det_b, "calibration_scale": torch.ones(len(concepts)),
-                               "calibration_bias": torch.zeros(len(concepts))})
+    grounding.head_weight, grounding.head_bias = weight, bias
+    grounding.detector_weight, grounding.detector_bias = det_w, det_b
     scores = torch.where(grounding.from_imagenet, grounding.scores(train_feats),
                          out_of_fold_logits(train_feats, y, cfg.grounding_l2))
     grounding.calibration_scale, grounding.calibration_bias = platt(scores, y)
+    if head is not None:
+        guarded = torch.tensor([c.name in cfg.grounding_context_concepts and not c.imagenet for c in concepts],
+                               dtype=torch.bool)
+        grounding.context_rate = context_rates(train_probs, y, guarded, cfg.grounding_context_prior)
     for c, n, a, b in zip(concepts, y.sum(0).tolist(), grounding.calibration_scale, grounding.calibration_bias):
         log.info("concept %-10s %-8s training photos %4d  calibration %.3f x score %+.3f", c.name, c.source, n, a, b)
     return grounding
@@ -158,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint to ground")
     p.add_argument("--out", default=None, help="where to write the grounded checkpoint (default: over --model)")
-    p.add_argument("--default", choices=("true", "false"), default="true", help="ship with grounded decoding on")
     config_mod.add_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
@@ -167,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     data = prepare_data(cfg, create_encoder(cfg.encoder, pretrained=True, weights=cfg.encoder_weights or None),
                         SingleProcess())
     model.grounding = fit_grounding(cfg, model.vocab, data.train, data.train_feats)
-    model.decoding = {**model.decoding, "grounded": args.default == "true"}
-    options = model.default_options.updated({"grounded": args.default})
+    model.decoding = {**model.decoding, "grounded": cfg.grounded}  # ships decoding grounded unless the config says not
+    options = model.default_options.updated({"grounded": cfg.grounded})
     model.grounding.min_word_score = caption_score_floor(model, data.val_feats, options, cfg.low_confidence_caption_share)
     dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else None
     save_checkpoint(args.out or args.model, model.checkpoint(), dtype=dtype)
