@@ -154,7 +154,7 @@ class Captioner:
         common = dict(start_id=self.vocab.start_id, end_id=bans.end_id, max_length=opts.max_length,
                       min_length=bans.min_length, no_repeat_ngram_size=opts.no_repeat_ngram_size,
                       suppress_ids=bans.suppress, no_end_after=bans.no_end_after,
-                      word_scores=self.grounding.word_scores(evidence, allowed) if opts.grounded else None)
+                      word_scores=grounding.word_scores(evidence, allowed) if opts.grounded else None)
         training = self.decoder.training
         self.decoder.eval()
         try:
@@ -171,7 +171,7 @@ class Captioner:
             self.decoder.train(training)
         if images is None:
             return [[self._caption(h) for h in per_image] for per_image in hyps]
-        images = [self.grounding.judge_caption(im, h[0].log_prob, len(h[0].tokens)) for im, h in zip(images, hyps)]
+        images = [grounding.judge_caption(im, h[0].log_prob, len(h[0].tokens)) for im, h in zip(images, hyps)]
         return [[self._caption(h, evidence[i], images[i]) for h in per_image] for i, per_image in enumerate(hyps)]
 
     def caption(self, images: ImageInput | Sequence[ImageInput], options: DecodeOptions | None = None, *,

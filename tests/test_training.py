@@ -65,6 +65,7 @@ def test_training_learns_and_exports_a_usable_model(demo_dir, cache_dir, tmp_pat
     assert metrics["by_beam_size"]["beam1"]["BLEU-4"] > 30
     for name in ("model.safetensors", "best.safetensors", "last.pt", "metrics.jsonl", "metrics.json", "training.png", "model.md"):
         assert (tmp_path / name).is_file(), name
+    assert "CHAIR_s" in (tmp_path / "model.md").read_text()  # the card reports hallucination too
     model = captioner.load(tmp_path / "model.safetensors")
     # grounding is fitted and ships on, its caption floor calibrated on the trained decoder's val captions
     assert model.default_options.grounded and model.grounding.min_word_score < 0

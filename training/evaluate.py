@@ -5,8 +5,9 @@
 
 Decoding flags are `DecodeOptions`' (as in `python -m captioner caption`); those not given keep the model's
 own defaults. Beside the toolkit's scores it reports the captions' fluency (`training.fluency`) and the same
-rows for the first human reference of each photo, and object hallucination (CHAIR, `training.hallucination`). Training scores its final model with `caption_records`
-too, so a checkpoint's stored metrics are what this command reports for it.
+rows for the first human reference of each photo, object hallucination (CHAIR, `training.hallucination`) and
+the share of photos answered low-confidence. Training scores its final model with `caption_records` too, so a
+checkpoint's stored metrics are what this command reports for it.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ def caption_records(model: Captioner, records: list[Record], options: Sequence[D
         for captions, opts in zip(out, options):
             captions.extend(c[0] for c in model.decode(features, opts))
     return out
-
 
 
 def evaluate(model: Captioner, records: list[Record], options: Sequence[DecodeOptions],
