@@ -127,7 +127,10 @@ def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
         },
         "components": {"schemas": {
             "Caption": {"type": "object", "required": ["text", "log_prob", "tokens"], "properties": {
-                "text": {"type": "string"}, "log_prob": {"type": "number", "maximum": 0},
+                "text": {"type": "string"},
+                "log_prob": {"type": "number", "maximum": 0,
+                             "description": "the decoder's log-probability of the caption; decoded grounded, plus "
+                                            "the log evidence of each object it names (the score it was chosen by)"},
                 "tokens": {"type": "array", "items": {"type": "string"}},
                 "evidence": _EVIDENCE,
                 "explanation": {"$ref": "#/components/schemas/Explanation"}}},
