@@ -192,6 +192,8 @@ def test_epochs_are_selected_on_the_reward_scst_maximises(demo_dir, cache_dir, t
         assert trainer.state["best_epoch"] == expected, levers
         assert trainer.state["bad_epochs"] == (expected == "xe:1")
     assert selection_score(epochs[0], 4.2, trainer.cfg) == pytest.approx(54.8 + 0.5 * 21.7 - 0.5 * 4.2)
+    charged = replace(trainer.cfg, scst_hallucination_penalty=0.5)
+    assert selection_score(epochs[0], 4.2, charged, chair_s_pct=10.0) == pytest.approx(54.8 + 0.5 * 21.7 - 0.5 * 4.2 - 5.0)
 
 
 def test_an_epoch_over_the_fluency_limit_never_outranks_one_within_it(demo_dir, cache_dir, tmp_path):
@@ -474,6 +476,15 @@ def test_reward_adds_bleu_and_charges_disfluency():
     fluent, broken = "a brown dog is running".split(), "a dog and a cat is running".split()
     assert both(fluent, 0) == pytest.approx(plain(fluent, 0) + 0.5 * sentence_bleu(fluent, [r.split() for r in refs[0]]))
     assert both(broken, 0) == pytest.approx(plain(broken, 0) + 0.5 * sentence_bleu(broken, [r.split() for r in refs[0]]) - 2.0)
+
+
+def test_reward_charges_objects_no_reference_names():
+    refs = [["a man rides a bicycle", "a person on a bike"], ["a dog runs"]]
+    plain, charged = Reward(refs), Reward(refs, hallucination_penalty=1.5)
+    supported, invented = "a boy rides a bike".split(), "a man rides a bike with a dog".split()
+    assert charged(supported, 0) == pytest.approx(plain(supported, 0))  # boy: person; bike: bicycle
+    assert charged(invented, 0) == pytest.approx(plain(invented, 0) - 1.5)  # no reference of photo 0 names a dog
+    assert charged("a dog runs".split(), 1) == pytest.approx(plain("a dog runs".split(), 1))
 
 
 def test_scst_cross_entropy_term_is_the_human_captions_cross_entropy():

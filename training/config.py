@@ -59,6 +59,7 @@ class TrainConfig:
     scst_xe_weight: float = 0.0  # + this x cross-entropy on one human caption per image: keeps the language model honest
     scst_bleu_weight: float = 0.0  # reward = CIDEr-D + this x sentence BLEU-4 (both against the image's references)
     scst_disfluency_penalty: float = 0.0  # reward - this for a caption training.fluency.is_disfluent calls disfluent
+    scst_hallucination_penalty: float = 0.0  # reward - this for a caption naming a concept none of its references names
     scst_discriminability_weight: float = 0.0  # reward + this x log p(own photo | caption) among the batch's photos (training.retrieval)
     select_max_disfluent_pct: float = 0.0  # epochs with more % disfluent val captions rank below all within it; 0 = off
     # decoding: the model is selected (val `selection_score` each epoch, real decoding) with these and ships with them

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from captioner.concepts import named_concepts, word_concepts
 from captioner.decoder import CaptionDecoder
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.vocab import Vocabulary, tokenize
@@ -67,16 +68,21 @@ def policy_gradient_loss(decoder: CaptionDecoder, feats: torch.Tensor, seqs: tor
 class Reward:
     """The per-sample reward SCST maximises: CIDEr-D against the image's references (document frequencies
     from the training captions), plus `bleu_weight` x sentence BLEU-4, minus `disfluency_penalty` for a caption
-    `training.fluency` calls disfluent. Built once per run: each image's references are prepared up front for
+    `training.fluency` calls disfluent, minus `hallucination_penalty` for a caption that names a concept
+    (`captioner.concepts`) none of the image's references names. Built once per run: each image's references are prepared up front for
     both metrics, since every epoch scores k samples against them. `training.train.selection_score` compares
     epochs on the same terms averaged over the val captions: a new term belongs in both."""
 
-    def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0):
+    def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0,
+                 hallucination_penalty: float = 0.0):
         self.cider = CiderD(references)
         tokens = [[tokenize(c) for c in refs] for refs in references]
         self.prepared = [self.cider.prepare(refs) for refs in tokens]
         self.bleu_prepared = [prepare_bleu(refs) for refs in tokens] if bleu_weight else []
+        self.concepts = word_concepts() if hallucination_penalty else {}
+        self.shown = [named_concepts((w for ref in refs for w in ref), self.concepts) for refs in tokens]
         self.bleu_weight, self.disfluency_penalty = bleu_weight, disfluency_penalty
+        self.hallucination_penalty = hallucination_penalty
 
     def __call__(self, words: Sequence[str], image: int) -> float:
         reward = self.cider.score_prepared(words, self.prepared[image])
@@ -84,6 +90,8 @@ class Reward:
             reward += self.bleu_weight * sentence_bleu_prepared(words, self.bleu_prepared[image])
         if self.disfluency_penalty and is_disfluent(words):
             reward -= self.disfluency_penalty
+        if self.hallucination_penalty and named_concepts(words, self.concepts) - self.shown[image]:
+            reward -= self.hallucination_penalty
         return reward
 
 
