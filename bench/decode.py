@@ -106,5 +106,15 @@ def grounding_cost(model, features: torch.Tensor) -> None:
           f"word scores alone {1000 * alone:.2f} ms per photo")
 
 
+def compare_end_to_end(model, baseline_path: str, rounds: int = 5) -> None:
+    """One photo end to end with each model's default decoding, alternating models so both see the same load."""
+    baseline, _ = load_or_build(baseline_path)
+    t = alternating_medians({"model": lambda: model.caption([PHOTOS[0]]),
+                             "baseline": lambda: baseline.caption([PHOTOS[0]])}, rounds)
+    new, old = t["model"], t["baseline"]
+    print(f"one photo end to end, each model's default decoding ({model.encoder_name} vs {baseline.encoder_name} "
+          f"baseline, {rounds} alternating rounds): {1000 * new:.1f} vs {1000 * old:.1f} ms -> {new / old:.2f}x the baseline")
+
+
 if __name__ == "__main__":
     main()

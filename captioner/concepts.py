@@ -15,7 +15,10 @@ motorbikes, because Flickr8k's references call a dirt bike "a bike".
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from .vocab import tokenize
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,12 @@ def word_concepts(concepts: tuple[Concept, ...] | list[Concept] = CONCEPTS) -> d
     return out
 
 
-def named_concepts(words, table: dict[str, str]) -> set[str]:
+def named_concepts(words: Iterable[str], table: dict[str, str]) -> set[str]:
     """The concepts a caption's words name."""
     return {table[w] for w in words if w in table}
+
+
+def shown_concepts(references: Sequence[str], table: dict[str, str]) -> set[str]:
+    """The concepts a photo shows, as far as its references tell: those any of them names. The one definition
+    the detectors' labels, CHAIR and SCST's charge share."""
+    return named_concepts((w for ref in references for w in tokenize(ref)), table)

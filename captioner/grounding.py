@@ -90,6 +90,12 @@ class ImageEvidence:
                 "concepts": {c: round(p, 4) for c, p in self.concepts.items()}}
 
 
+def word_score(log_prob: float, words: int) -> float:
+    """A caption's score per word and <end>: what the caption floor (`Grounding.min_word_score`) is set and
+    judged on."""
+    return log_prob / (words + 1)
+
+
 def sentence(text: str) -> str:
     """'a dog runs' -> 'A dog runs.'"""
     text = text.strip()
@@ -211,7 +217,7 @@ class Grounding(nn.Module):
     def judge_caption(self, image: ImageEvidence, log_prob: float, words: int) -> ImageEvidence:
         """`image`, flagged IMPROBABLE if its best caption (`words` words, score `log_prob`) scores below the
         floor per word and <end>."""
-        if image.low_confidence or self.min_word_score is None or log_prob / (words + 1) >= self.min_word_score:
+        if image.low_confidence or self.min_word_score is None or word_score(log_prob, words) >= self.min_word_score:
             return image
         return dataclasses.replace(image, reason=IMPROBABLE)
 

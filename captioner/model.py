@@ -107,6 +107,8 @@ class Captioner:
             raise ckpt_io.CheckpointError(f"{path}: incompatible checkpoint ({exc})") from exc
         if decoder.cfg.vocab_size != len(vocab):
             raise ckpt_io.CheckpointError(f"{path}: decoder has {decoder.cfg.vocab_size} words, vocabulary {len(vocab)}")
+        if grounding is None and ck.decoding.get("grounded"):  # else every request would fail, not the load
+            raise ckpt_io.CheckpointError(f"{path}: decodes grounded by default but has no grounding")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding, grounding)
 

@@ -89,7 +89,8 @@ def _rewrite_metadata(src, dst, **changes) -> None:
     ({"format_version": "2"}, "format version 2"),
     ({"decoder": "{not json"}, "metadata is missing or malformed"),
     ({"vocab": json.dumps([*SPECIALS, *(f"w{i}" for i in range(46))])}, "decoder has 34 words, vocabulary 50"),
-], ids=["unknown version", "malformed json", "vocabulary size mismatch"])
+    ({"decoding": json.dumps({"grounded": True})}, "decodes grounded by default but has no grounding"),
+], ids=["unknown version", "malformed json", "vocabulary size mismatch", "grounded without grounding"])
 def test_unusable_metadata_raises_checkpoint_error_naming_the_file(saved_model, tmp_path, changes, message):
     bad = tmp_path / "unusable.safetensors"
     _rewrite_metadata(saved_model, bad, **changes)

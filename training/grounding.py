@@ -19,11 +19,11 @@ import torch
 
 from captioner import Captioner, load
 from captioner.checkpoint import save as save_checkpoint
-from captioner.concepts import CONCEPTS, Concept, named_concepts, word_concepts
+from captioner.concepts import CONCEPTS, Concept, shown_concepts, word_concepts
 from captioner.encoders import create_encoder
-from captioner.grounding import Grounding, grounded_concepts
+from captioner.grounding import Grounding, grounded_concepts, word_score
 from captioner.options import DecodeOptions
-from captioner.vocab import Vocabulary, tokenize
+from captioner.vocab import Vocabulary
 
 from . import config as config_mod
 from .config import TrainConfig
@@ -42,7 +42,7 @@ def concept_labels(records: Sequence[Record], concepts: Sequence[Concept]) -> to
     index = {c.name: i for i, c in enumerate(concepts)}
     labels = torch.zeros(len(records), len(concepts), dtype=torch.bool)
     for row, r in enumerate(records):
-        for name in named_concepts((w for c in r.captions for w in tokenize(c)), table):
+        for name in shown_concepts(r.captions, table):
             labels[row, index[name]] = True
     return labels
 
@@ -160,7 +160,8 @@ def fit_grounding(cfg: TrainConfig, vocab: Vocabulary, train: Sequence[Record], 
 def caption_score_floor(model: Captioner, features: torch.Tensor, options: DecodeOptions, share: float) -> float:
     """The best-caption score per word (and <end>) that all but `share` of these photos' captions reach with
     `options`: a caption below it is one the decoder struggled to write (`captioner.grounding.IMPROBABLE`)."""
-    scores = [c[0].log_prob / (len(c[0].tokens) + 1) for chunk in features.split(250) for c in model.decode(chunk, options)]
+    scores = [word_score(c[0].log_prob, len(c[0].tokens)) for chunk in features.split(250)
+              for c in model.decode(chunk, options)]
     return float(torch.quantile(torch.tensor(scores), share))
 
 

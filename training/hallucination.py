@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from captioner import Caption, load
-from captioner.concepts import CONCEPTS, named_concepts, word_concepts
+from captioner.concepts import CONCEPTS, named_concepts, shown_concepts, word_concepts
 from captioner.options import OptionError, parse_bool
 from captioner.vocab import tokenize
 
@@ -39,7 +39,7 @@ def chair(captions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
     wrong_by_concept: Counter = Counter()
     for caption, refs in zip(captions, references, strict=True):
         named = named_concepts(tokenize(caption), table)
-        shown = named_concepts((w for r in refs for w in tokenize(r)), table)
+        shown = shown_concepts(refs, table)
         wrong = named - shown
         named_total += len(named)
         wrong_total += len(wrong)

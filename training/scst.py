@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from captioner.concepts import named_concepts, word_concepts
+from captioner.concepts import named_concepts, shown_concepts, word_concepts
 from captioner.decoder import CaptionDecoder
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.vocab import Vocabulary, tokenize
@@ -80,7 +80,7 @@ class Reward:
         self.prepared = [self.cider.prepare(refs) for refs in tokens]
         self.bleu_prepared = [prepare_bleu(refs) for refs in tokens] if bleu_weight else []
         self.concepts = word_concepts() if hallucination_penalty else {}
-        self.shown = [named_concepts((w for ref in refs for w in ref), self.concepts) for refs in tokens]
+        self.shown = [shown_concepts(refs, self.concepts) for refs in references]
         self.bleu_weight, self.disfluency_penalty = bleu_weight, disfluency_penalty
         self.hallucination_penalty = hallucination_penalty
 
