@@ -45,7 +45,7 @@ train: install
 
 # A character-level language model (truncated BPTT) on TEXT, default: the Python standard library's source.
 train-charlm: install
-	$(PY) -m training.charlm train $(if $(TEXT),--text $(TEXT)) --out $(or $(OUT),runs/charlm) $(ARGS)
+	$(PY) -m charlm train $(if $(TEXT),--text $(TEXT)) --out $(or $(OUT),runs/charlm) $(ARGS)
 
 train-demo: install
 	$(PY) -m training.train --config configs/demo.toml $(ARGS)

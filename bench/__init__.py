@@ -1,0 +1,1 @@
+"""Benchmarks, one `make bench-*` target each, ratios measured side by side in one run."""

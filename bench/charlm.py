@@ -12,7 +12,8 @@ import lzma
 import tempfile
 from pathlib import Path
 
-from training.charlm import CharTrainer, TrainConfig, read_text, split_text
+from charlm.model import CharLMConfig
+from charlm.train import CharTrainConfig, CharTrainer, read_text, split_text
 
 
 def xz_bits_per_char(text: str) -> float:
@@ -25,16 +26,16 @@ def main() -> None:
     p.add_argument("--text", default=None, help="default: the Python standard library's source")
     p.add_argument("--minutes", type=float, default=5.0, help="training budget per cell")
     p.add_argument("--cells", default="rnn,lstm,gru")
-    p.add_argument("--hidden-dim", type=int, default=TrainConfig.hidden_dim)
+    p.add_argument("--hidden-dim", type=int, default=CharLMConfig.hidden_dim)
     args = p.parse_args()
-    _, tail = split_text(read_text(args.text), TrainConfig.held_out)
+    _, tail = split_text(read_text(args.text), CharTrainConfig.held_out)
     xz = xz_bits_per_char(tail)
     print(f"held-out tail: {len(tail)} characters; xz -9: {xz:.3f} bits per character")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for cell in args.cells.split(","):
-            cfg = TrainConfig(text=args.text, cell=cell, hidden_dim=args.hidden_dim, minutes=args.minutes,
-                              out=str(Path(tmp) / cell), progress=False)
+            cfg = CharTrainConfig(text=args.text, model=CharLMConfig(cell=cell, hidden_dim=args.hidden_dim),
+                                  minutes=args.minutes, out=str(Path(tmp) / cell), progress=False)
             trainer = CharTrainer(cfg)
             trainer.fit()
             m = trainer.finish()

@@ -14,7 +14,8 @@ import argparse
 
 import torch
 
-from captioner.decoding import beam_search, sequential_decode
+from captioner.decoding import WordBans, beam_search, sequential_decode
+from captioner.options import DecodeOptions
 
 from .common import PHOTOS, load_or_build, timed
 
@@ -36,22 +37,24 @@ def main() -> None:
     batch = {n: torch.stack(images[:n]) for n in (1, 32)}
     with torch.inference_mode():
         feats = {n: model.encode(batch[n]) for n in (1, 32)}
-    ids = dict(start_id=v.start_id, end_id=v.end_id, max_length=args.max_length)
+    bans = WordBans.for_vocab(v, DecodeOptions())
+    greedy_opts, beam3_opts, beam5_opts = (DecodeOptions(beam_size=k, max_length=args.max_length) for k in (1, 3, 5))
 
     rows = []
     for n in (1, 32):
         enc = timed(lambda: model.encode(batch[n]), repeat=3 if n == 32 else 10)
-        greedy = timed(lambda: sequential_decode(dec, feats[n], **ids))
-        beam3 = timed(lambda: beam_search(dec, feats[n], beam_size=3, **ids))
-        beam5 = timed(lambda: beam_search(dec, feats[n], beam_size=5, **ids))
+        greedy = timed(lambda: sequential_decode(dec, feats[n], v.start_id, bans, greedy_opts))
+        beam3 = timed(lambda: beam_search(dec, feats[n], v.start_id, bans, beam3_opts))
+        beam5 = timed(lambda: beam_search(dec, feats[n], v.start_id, bans, beam5_opts))
         rows.append((n, enc / n, greedy / n, beam3 / n, beam5 / n))
     print("\nper-image latency (ms), median of repeated runs")
     print(f"{'batch':>5} {'encoder':>9} {'greedy':>9} {'beam 3':>9} {'beam 5':>9}")
     for n, *ms in rows:
         print(f"{n:>5} " + " ".join(f"{1000 * x:9.2f}" for x in ms))
 
-    one_by_one = timed(lambda: [beam_search(dec, feats[32][i : i + 1], beam_size=3, **ids) for i in range(32)], repeat=3)
-    batched = timed(lambda: beam_search(dec, feats[32], beam_size=3, **ids), repeat=3)
+    one_by_one = timed(lambda: [beam_search(dec, feats[32][i : i + 1], v.start_id, bans, beam3_opts) for i in range(32)],
+                       repeat=3)
+    batched = timed(lambda: beam_search(dec, feats[32], v.start_id, bans, beam3_opts), repeat=3)
     print(f"\nbeam 3 over 32 images: one at a time {1000 * one_by_one:.1f} ms, batched {1000 * batched:.1f} ms "
           f"-> batched is {one_by_one / batched:.1f}x faster")
     print(f"batch 32 vs batch 1, per image: encoder {rows[0][1] / rows[1][1]:.2f}x, greedy {rows[0][2] / rows[1][2]:.1f}x, "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.decoding import NEG_INF, WordBans
 from captioner.encoders import create_encoder, encoder_spec
-from captioner.model import encode_images, load, word_bans
+from captioner.model import encode_images, load
 from captioner.options import DecodeOptions
 from captioner.preprocess import preprocess
 from captioner.vocab import Vocabulary
@@ -41,7 +42,7 @@ from training.config import load_config
 from training.features import build_or_load, decode_workers
 from training.train import xe_loss
 from training.data import encode_captions, epoch_batches, pad_rows
-from training.retrieval import self_retrieval, train_retrieval
+from training.retrieval import train_retrieval
 from training.scst import Reward, scst_advantages, scst_loss
 
 from .common import ROOT
@@ -168,7 +169,7 @@ def main() -> None:
     # 2. one epoch on cached vectors vs one epoch running the CNN on every batch
     def fresh():
         torch.manual_seed(0)
-        dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=1280, dropout=0.3))
+        dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=1280))
         dec.set_feature_stats(feats)
         return dec, torch.optim.AdamW(dec.parameters(), lr=5e-4)
 
@@ -191,9 +192,7 @@ def main() -> None:
 
     # 3. a cross-entropy step: the shipped config against the tutorial recipe, same batches of 128 captions
     torch.manual_seed(0)
-    ours = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), feature_dim=feats.size(1), cell=shipped.cell,
-                                        embed_dim=shipped.embed_dim, hidden_dim=shipped.hidden_dim,
-                                        dropout=shipped.dropout, conditioning=shipped.conditioning)).train()
+    ours = CaptionDecoder(dataclasses.replace(shipped.decoder, vocab_size=len(vocab), feature_dim=feats.size(1))).train()
     ours.set_feature_stats(feats)
     ours_opt = torch.optim.AdamW(ours.parameters(), lr=shipped.lr, weight_decay=shipped.weight_decay)
     tutorial = TutorialDecoder(len(vocab), feats.size(1)).train()
@@ -223,11 +222,11 @@ def main() -> None:
     # 4. an SCST step of the shipped model: this project's against the code of issue #12's time
     shipped_model = load()
     svocab, cfg_scst = shipped_model.vocab, shipped
-    sbans = word_bans(svocab, DecodeOptions(**shipped_model.decoding))
+    sbans = WordBans.for_vocab(svocab, DecodeOptions.from_dict(shipped_model.decoding))
     s_img, s_tok, _ = encode_captions(recs, svocab, shipped.max_caption_words)
     human = s_tok[torch.searchsorted(s_img, torch.arange(len(recs)))]  # each photo's first caption
-    reward = Reward([r.captions for r in recs], shipped.scst_bleu_weight, shipped.scst_disfluency_penalty)
     retrieval = train_retrieval(feats, s_tok, s_img, len(svocab), (svocab.pad_id, svocab.start_id, svocab.end_id))
+    reward = Reward.from_config(shipped, [r.captions for r in recs], retrieval)
     k, max_words = shipped.scst_samples, shipped.scst_max_words or shipped.max_caption_words
     decoders = {name: copy.deepcopy(shipped_model.decoder).train() for name in ("ours", "previous")}
     optims = {name: torch.optim.AdamW(d.parameters(), lr=shipped.scst_lr) for name, d in decoders.items()}
@@ -236,11 +235,10 @@ def main() -> None:
     def scst_step(name: str, images: torch.Tensor) -> None:
         dec, f, h = decoders[name], feats[images], human[images, : int((human[images] != 0).sum(1).max())]
         if name == "ours":
-            loss, _ = scst_loss(dec, f, images.tolist(), svocab, reward, cfg_scst, sbans, h, retrieval)
+            loss, _ = scst_loss(dec, f, images.tolist(), svocab, reward, cfg_scst, sbans, h)
         else:
             seqs = previous_scst_samples(dec, f, k, max_words, svocab.start_id, sbans, gen)
-            scores = torch.tensor([reward(svocab.decode(row), int(images[i // k])) for i, row in enumerate(seqs.tolist())])
-            scores = scores.view(-1, k) + shipped.scst_discriminability_weight * self_retrieval(retrieval, seqs, f, k)
+            scores = reward(seqs, images.tolist(), f, svocab, k)
             adv = scst_advantages(scores, shipped.scst_baseline).reshape(-1)
             lp = previous_sequence_log_probs(dec, f.repeat_interleave(k, 0), seqs, svocab.start_id, sbans)
             logits = dec(f, h)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.explain:
                     print_explanation(c)
         if args.explain_html:
-            pages.append((path, photo_jpeg(path), captions))
+            pages.append((path, photo_jpeg(path), [c.to_dict() for c in captions]))
     if args.explain_html and pages:
         Path(args.explain_html).write_text(explanation_page(pages, model.preprocess_cfg.resize))
         print(f"wrote {args.explain_html}", file=sys.stderr)

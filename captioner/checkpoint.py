@@ -84,16 +84,21 @@ def read_metadata(path: str | Path) -> dict[str, str]:
         return f.metadata() or {}
 
 
-def load(path: str | Path) -> Checkpoint:
-    """Read a checkpoint onto the CPU as float32."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors (on the CPU) and string metadata: FileNotFoundError if it is not there,
+    CheckpointError naming it if it is not a readable safetensors file. Reads no code, only data."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        metadata = read_metadata(path)
-        tensors = load_file(str(path), device="cpu")
+        return load_file(str(path), device="cpu"), read_metadata(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load(path: str | Path) -> Checkpoint:
+    """Read a checkpoint onto the CPU as float32."""
+    tensors, metadata = read_safetensors(path)
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a captioner checkpoint (format={metadata.get('format')!r})")
     version = metadata.get("format_version", "?")

@@ -18,41 +18,24 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+from .rnn import CELLS, make_rnn
+
 State = dict[str, torch.Tensor]
-
-
-def make_rnn(cell: str, input_dim: int, hidden_dim: int, num_layers: int = 1, dropout: float = 0.0) -> nn.RNNBase:
-    """The recurrent core shared by the caption decoder and the character model: torch's fused tanh RNN,
-    LSTM or GRU (batch first), with the LSTM's forget-gate bias initialised to 1."""
-    kwargs = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-    rnn = CELLS[cell](input_dim, hidden_dim, num_layers=num_layers, batch_first=True,
-                      dropout=dropout if num_layers > 1 else 0.0, **kwargs)
-    if cell == "lstm":
-        # torch orders LSTM gates (i, f, g, o); b_ih + b_hh is the effective bias, so set the sum to 1.
-        for layer in range(num_layers):
-            with torch.no_grad():
-                getattr(rnn, f"bias_ih_l{layer}")[hidden_dim : 2 * hidden_dim].fill_(1.0)
-                getattr(rnn, f"bias_hh_l{layer}")[hidden_dim : 2 * hidden_dim].zero_()
-    return rnn
-
-
-def traced_cell(h: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-    """What interpretability traces of a recurrent state [layers, N, H]: the top layer's tanh(c_t) for an
-    LSTM (as in Karpathy et al. 2015), h_t for a GRU or tanh RNN."""
-    return torch.tanh(c[-1]) if c is not None else h[-1]
 
 
 @dataclass
 class DecoderConfig:
-    vocab_size: int
-    feature_dim: int
+    """The decoder's shape and regularisation, with the defaults training uses (a training config holds
+    one). `vocab_size` and `feature_dim` are the vocabulary's and the encoder's: set when training starts."""
+
+    vocab_size: int = 0
+    feature_dim: int = 0
     cell: str = "lstm"
     embed_dim: int = 512
     hidden_dim: int = 512
     num_layers: int = 1
-    dropout: float = 0.5
-    conditioning: str = "first_input"
+    dropout: float = 0.3
+    conditioning: str = "every_step"
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -67,11 +50,13 @@ class DecoderConfig:
 class CaptionDecoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
+        if cfg.vocab_size < 1 or cfg.feature_dim < 1:
+            raise ValueError(f"a decoder needs its vocab_size and feature_dim, got {cfg.vocab_size}, {cfg.feature_dim}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim, padding_idx=0)
         # Per-dimension statistics of the training set's image vectors. Pooled CNN features are all
         # positive with a large shared mean; standardising them is what lets the decoder see how images
-        # differ (measured: without it a Flickr8k model's loss is the same with images shuffled).
+        # differ (docs/experiments.md: without it the loss ignores which photo a caption belongs to).
         self.register_buffer("feature_mean", torch.zeros(cfg.feature_dim))
         self.register_buffer("feature_std", torch.ones(cfg.feature_dim))
         self.image_proj = nn.Linear(cfg.feature_dim, cfg.embed_dim)

@@ -14,8 +14,10 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from .decoder import CaptionDecoder, traced_cell
+from .decoder import CaptionDecoder
+from .rnn import traced_cell
 from .options import DecodeOptions
+from .vocab import Vocabulary
 
 DEFAULT = DecodeOptions()  # every default below comes from here
 
@@ -61,6 +63,13 @@ class WordBans:
     no_end_after: tuple[int, ...] = ()
     min_length: int = DEFAULT.min_length
 
+    @classmethod
+    def for_vocab(cls, vocab: Vocabulary, options: DecodeOptions) -> "WordBans":
+        """The bans `options` make for this vocabulary: <pad>, <start> and <unk> ever (a caption with "<unk>"
+        in it helps no one), <end> too early or after a `no_end_after` word. Decoding, explain and SCST use it."""
+        return cls(vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id),
+                   tuple(vocab.stoi[w] for w in options.no_end_after if w in vocab.stoi), options.min_length)
+
     @cached_property
     def _no_end_after(self) -> torch.Tensor:  # built once: mask() runs at every decoding step
         return torch.tensor(self.no_end_after, dtype=torch.long)
@@ -102,63 +111,68 @@ def _generators(n: int, seeds: Sequence[int | None] | int | None, device: torch.
     return gens
 
 
+def _words(row: list[int], end_id: int) -> list[int]:
+    """A decoded row's words: everything before its first <end>."""
+    return row[: row.index(end_id)] if end_id in row else row
+
+
+def _step_log_probs(logits: torch.Tensor, previous: torch.Tensor, t: int, bans: WordBans,
+                    word_scores: torch.Tensor | None, history: torch.Tensor, no_repeat_ngram_size: int) -> torch.Tensor:
+    """Each row's next-word scores [N, V]: the model's log-probabilities with the banned words at -inf, plus
+    the row's `word_scores`, and no word that would repeat an n-gram of `history` [N, t]."""
+    lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(previous, t, logits.size(1)), NEG_INF)
+    if word_scores is not None:
+        lp.add_(word_scores)
+    _ban_repeated_ngrams(lp, history, no_repeat_ngram_size)
+    return lp
+
+
+def search(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, bans: WordBans,
+           options: DecodeOptions = DEFAULT, *, seeds: Sequence[int | None] | int | None = None,
+           word_scores: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+    """The decoding `options.method` names, per image its hypotheses best first: beam search, or greedy
+    and sampled decoding (one each; beam 1 is greedy decoding exactly)."""
+    if options.method == "beam" and options.beam_size > 1:
+        return beam_search(decoder, features, start_id, bans, options, word_scores=word_scores)
+    return [[h] for h in sequential_decode(decoder, features, start_id, bans, options, seeds=seeds,
+                                           word_scores=word_scores)]
+
+
 @torch.inference_mode()
-def sequential_decode(
-    decoder: CaptionDecoder,
-    features: torch.Tensor,
-    start_id: int,
-    end_id: int,
-    max_length: int = DEFAULT.max_length,
-    min_length: int = DEFAULT.min_length,
-    sample: bool = False,
-    temperature: float = DEFAULT.temperature,
-    top_k: int = DEFAULT.top_k,
-    top_p: float = DEFAULT.top_p,
-    seeds: Sequence[int | None] | int | None | torch.Generator = None,
-    no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
-    suppress_ids: Sequence[int] = (),
-    no_end_after: Sequence[int] = (),
-    word_scores: torch.Tensor | None = None,
-) -> list[Hypothesis]:
-    """Greedy (argmax) or sampled decoding, one hypothesis per image.
+def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, bans: WordBans,
+                      options: DecodeOptions = DEFAULT, *,
+                      seeds: Sequence[int | None] | int | None | torch.Generator = None,
+                      word_scores: torch.Tensor | None = None) -> list[Hypothesis]:
+    """Greedy (argmax) or, with method "sample", sampled decoding: one hypothesis per image.
 
     `word_scores` [N, V] (grounded decoding: `Grounding.word_scores`) are added to each image's word
-    log-probabilities at every step (-inf: the image may not use the word), on top of the `WordBans` every
+    log-probabilities at every step (-inf: the image may not use the word), on top of the `bans` every
     image shares; a hypothesis's log_prob then includes them.
 
-    Sampling draws from softmax(logits / T) over the words not banned by inverse transform: one uniform
-    number per image and step, looked up in the cumulative distribution (the Gumbel-max trick it replaced
-    drew one per vocabulary word, 2,538 here, and two logarithms of each). With per-image `seeds` each image's
+    Sampling draws from softmax(logits / T) over the words not banned by inverse transform
+    (`sample_categorical`): one uniform number per image and step. With per-image `seeds` each image's
     numbers come from its own generator, so a seeded image gets the same caption in any batch; one
     `torch.Generator` instead draws the whole batch's numbers at once (training, where only reproducibility
     of the whole run matters). A row that has produced <end> leaves the batch, so later steps cost only
-    what is still being written (SCST's samples end after 12 of their 16 words on average).
+    what is still being written.
     """
-    _check(max_length, min_length)
-    if sample and not temperature > 0:
+    _check(options.max_length, bans.min_length)
+    sample = options.method == "sample"
+    if sample and not options.temperature > 0:
         raise ValueError("temperature must be > 0")
-    n, device = features.size(0), features.device
-    shared = seeds if isinstance(seeds, torch.Generator) else None
-    gens = _generators(n, seeds, device) if sample and shared is None else []
-    bans = WordBans(end_id, tuple(suppress_ids), tuple(no_end_after), min_length)
+    n, device, end_id = features.size(0), features.device, bans.end_id
+    draw = _drawer(n, seeds, device, options) if sample else None
     state = decoder.start(features)
     alive = torch.arange(n, device=device)  # rows still writing, in the order of `state`
     tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
-    out = torch.full((n, max_length), end_id, dtype=torch.long, device=device)
+    out = torch.full((n, options.max_length), end_id, dtype=torch.long, device=device)
     log_prob = torch.zeros(n, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    for t in range(max_length):
+    for t in range(options.max_length):
         logits, state = decoder.step(tokens, state)
-        lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, logits.size(1)), NEG_INF)
-        if word_scores is not None:
-            lp.add_(word_scores[alive])
-        _ban_repeated_ngrams(lp, out[alive, :t], no_repeat_ngram_size)
-        if sample:
-            uniform = (torch.rand(len(alive), 1, generator=shared, device=device) if shared is not None else
-                       torch.stack([torch.rand(1, generator=gens[i], device=device) for i in alive.tolist()]))
-            choice = sample_categorical(filter_top_k_top_p(lp / temperature, top_k, top_p), uniform)
-        else:
-            choice = lp.argmax(dim=-1)
+        lp = _step_log_probs(logits, tokens, t, bans, word_scores[alive] if word_scores is not None else None,
+                             out[alive, :t], options.no_repeat_ngram_size)
+        choice = draw(lp, alive) if draw is not None else lp.argmax(dim=-1)
         log_prob[alive] = log_prob[alive] + lp.gather(1, choice[:, None])[:, 0]
         out[alive, t] = choice
         ended = choice == end_id
@@ -169,8 +183,23 @@ def sequential_decode(
                 break
             alive, choice, state = alive[keep], choice[keep], decoder.reorder(state, keep)
         tokens = choice
-    return [Hypothesis(row[: row.index(end_id)] if end_id in row else row, lp_sum, fin)
+    return [Hypothesis(_words(row, end_id), lp_sum, fin)
             for row, lp_sum, fin in zip(out.tolist(), log_prob.tolist(), done.tolist())]
+
+
+def _drawer(n: int, seeds: Sequence[int | None] | int | None | torch.Generator, device: torch.device,
+            options: DecodeOptions):
+    """draw(log_probs [rows, V], alive [rows]) -> one sampled word per row, under the options' temperature,
+    top-k and top-p, from each image's generator (or one shared `torch.Generator`)."""
+    shared = seeds if isinstance(seeds, torch.Generator) else None
+    gens = _generators(n, seeds, device) if shared is None else []
+
+    def draw(lp: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        uniform = (torch.rand(len(alive), 1, generator=shared, device=device) if shared is not None else
+                   torch.stack([torch.rand(1, generator=gens[i], device=device) for i in alive.tolist()]))
+        return sample_categorical(filter_top_k_top_p(lp / options.temperature, options.top_k, options.top_p), uniform)
+
+    return draw
 
 
 def sample_categorical(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -189,8 +218,7 @@ def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequence
     finished, then `pad_id`), under the distribution decoding draws from: banned words removed, the rest
     renormalised. 0 at padding. Differentiable (SCST's policy gradient flows through it); one pass of the
     fused RNN instead of T autograd steps, and the output layer and softmax only where there is a token
-    (sampled captions end at different lengths: 36 % of the positions in the shipped model's SCST batches
-    are padding)."""
+    (sampled captions end at different lengths, so much of a batch is padding)."""
     m, t = sequences.shape
     inputs = torch.cat([sequences.new_full((m, 1), start_id), sequences], dim=1)  # the last is never read
     real = sequences != pad_id
@@ -220,23 +248,70 @@ def teacher_forced_steps(decoder: CaptionDecoder, features: torch.Tensor, ids: S
     return torch.stack(log_probs, 1), torch.stack(activations, 1)
 
 
+class _Beams:
+    """Beam search's state for b images x k hypotheses: the live (unfinished) hypotheses, their scores and
+    word ids [b*k, t], and each image's pool of the k best finished ones."""
+
+    def __init__(self, b: int, k: int, max_length: int, end_id: int, device: torch.device):
+        self.b, self.k, self.max_length, self.end_id = b, k, max_length, end_id
+        self.live_score = torch.full((b, k), NEG_INF, device=device)
+        self.live_score[:, 0] = 0.0  # one real start hypothesis per image; the copies would only duplicate it
+        self.live_tokens = torch.zeros((b * k, 0), dtype=torch.long, device=device)
+        self.fin_norm = torch.full((b, k), NEG_INF, device=device)
+        self.fin_raw = torch.full((b, k), NEG_INF, device=device)
+        self.fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
+        self.offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
+
+    def end_here(self, lp: torch.Tensor, t: int, length_penalty: float) -> None:
+        """Let a hypothesis end with t words if <end> ranks among its image's k best candidates (the usual
+        formulation; it makes beam_size=1 exactly greedy decoding); the pool keeps the k best finished."""
+        b, k, width = self.b, self.k, self.max_length
+        kth = (self.live_score.view(-1, 1) + lp).view(b, -1).topk(k, dim=1).values[:, -1:]
+        end_raw = self.live_score + lp[:, self.end_id].view(b, k)
+        end_raw = end_raw.masked_fill(end_raw < kth, NEG_INF)
+        end_norm = end_raw / float(t + 1) ** length_penalty
+        padded = F.pad(self.live_tokens, (0, width - t), value=self.end_id).view(b, k, width)
+        self.fin_norm, pick = torch.cat([self.fin_norm, end_norm], 1).topk(k, dim=1)
+        self.fin_raw = torch.cat([self.fin_raw, end_raw], 1).gather(1, pick)
+        self.fin_tokens = torch.cat([self.fin_tokens, padded], 1).gather(1, pick.unsqueeze(2).expand(-1, -1, width))
+
+    def extend(self, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep each image's k best one-word extensions that do not end; returns the rows [b*k] they extend
+        (to reorder the decoder's state by) and their new words [b*k]."""
+        vocab = lp.size(1)
+        lp[:, self.end_id] = NEG_INF
+        self.live_score, flat = (self.live_score.view(-1, 1) + lp).view(self.b, -1).topk(self.k, dim=1)
+        rows = (self.offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
+        words = (flat % vocab).view(-1)
+        self.live_tokens = torch.cat([self.live_tokens.index_select(0, rows), words.unsqueeze(1)], dim=1)
+        return rows, words
+
+    def settled(self, n_best: int, length_penalty: float) -> bool:
+        """Scores only fall as words are added, so no live hypothesis can end better than this bound."""
+        bound = self.live_score.max(dim=1).values / float(self.max_length) ** length_penalty
+        return bool((self.fin_norm[:, n_best - 1] >= bound).all())
+
+    def best(self, n_best: int, length_penalty: float) -> list[list[Hypothesis]]:
+        """Each image's n_best finished hypotheses, topped up with its best live ones."""
+        live_norm = self.live_score / float(self.live_tokens.size(1)) ** length_penalty
+        results: list[list[Hypothesis]] = []
+        for i in range(self.b):
+            hyps = [Hypothesis(_words(self.fin_tokens[i, j].tolist(), self.end_id), float(self.fin_raw[i, j]), True)
+                    for j in range(self.k) if self.fin_norm[i, j] > NEG_INF][:n_best]
+            for j in live_norm[i].argsort(descending=True).tolist():
+                if len(hyps) >= n_best:
+                    break
+                if self.live_score[i, j] > NEG_INF:
+                    tokens = self.live_tokens[i * self.k + j].tolist()
+                    hyps.append(Hypothesis(tokens, float(self.live_score[i, j]), False))
+            results.append(hyps)
+        return results
+
+
 @torch.inference_mode()
-def beam_search(
-    decoder: CaptionDecoder,
-    features: torch.Tensor,
-    start_id: int,
-    end_id: int,
-    beam_size: int = DEFAULT.beam_size,
-    n_best: int = DEFAULT.n_best,
-    max_length: int = DEFAULT.max_length,
-    min_length: int = DEFAULT.min_length,
-    length_penalty: float = DEFAULT.length_penalty,
-    no_repeat_ngram_size: int = DEFAULT.no_repeat_ngram_size,
-    suppress_ids: Sequence[int] = (),
-    no_end_after: Sequence[int] = (),
-    word_scores: torch.Tensor | None = None,
-) -> list[list[Hypothesis]]:
-    """Beam search over a batch of images; returns the `n_best` hypotheses of each, best first.
+def beam_search(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, bans: WordBans,
+                options: DecodeOptions = DEFAULT, *, word_scores: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+    """Beam search over a batch of images; returns the `options.n_best` hypotheses of each, best first.
 
     Each image keeps `beam_size` live (unfinished) hypotheses plus a pool of the best finished ones,
     ranked by log_prob / length**length_penalty (length counts <end>). A hypothesis joins the pool when
@@ -248,67 +323,24 @@ def beam_search(
     (as in `sequential_decode`): the search is exact over the scores they make, and never uses a word they
     set to -inf.
     """
-    _check(max_length, min_length)
-    if not 1 <= n_best <= beam_size:
+    _check(options.max_length, bans.min_length)
+    k, n_best, penalty = options.beam_size, options.n_best, options.length_penalty
+    if not 1 <= n_best <= k:
         raise ValueError("n_best must be between 1 and beam_size")
-    if not length_penalty >= 0:  # the early stop below assumes longer never scores better than its prefix
-        raise ValueError(f"length_penalty must be >= 0, got {length_penalty}")
-    b, k, device = features.size(0), beam_size, features.device
-    bans = WordBans(end_id, tuple(suppress_ids), tuple(no_end_after), min_length)
+    if not penalty >= 0:  # the early stop assumes longer never scores better than its prefix
+        raise ValueError(f"length_penalty must be >= 0, got {penalty}")
+    b, device = features.size(0), features.device
+    beams = _Beams(b, k, options.max_length, bans.end_id, device)
     state = decoder.reorder(decoder.start(features), torch.arange(b, device=device).repeat_interleave(k))
-    live_score = torch.full((b, k), NEG_INF, device=device)
-    live_score[:, 0] = 0.0  # one real start hypothesis per image; the copies would only duplicate it
-    live_tokens = torch.zeros((b * k, 0), dtype=torch.long, device=device)
     tokens = torch.full((b * k,), start_id, dtype=torch.long, device=device)
-    fin_norm = torch.full((b, k), NEG_INF, device=device)
-    fin_raw = torch.full((b, k), NEG_INF, device=device)
-    fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
-    offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
     row_scores = word_scores.repeat_interleave(k, dim=0) if word_scores is not None else None  # rows stay per image
-
-    for t in range(max_length):
+    for t in range(options.max_length):
         logits, state = decoder.step(tokens, state)
-        vocab = logits.size(1)
-        lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(tokens, t, vocab), NEG_INF)
-        if row_scores is not None:
-            lp.add_(row_scores)
-        _ban_repeated_ngrams(lp, live_tokens, no_repeat_ngram_size)
-        if t >= min_length:
-            # A hypothesis may end here (with t words) if <end> ranks among the image's k best candidates,
-            # as in the usual formulation; it is what makes beam_size=1 exactly greedy decoding.
-            kth = (live_score.view(-1, 1) + lp).view(b, k * vocab).topk(k, dim=1).values[:, -1:]
-            end_raw = live_score + lp[:, end_id].view(b, k)
-            end_raw = end_raw.masked_fill(end_raw < kth, NEG_INF)
-            end_norm = end_raw / float(t + 1) ** length_penalty
-            padded = F.pad(live_tokens, (0, max_length - t), value=end_id).view(b, k, max_length)
-            fin_norm, pick = torch.cat([fin_norm, end_norm], 1).topk(k, dim=1)
-            fin_raw = torch.cat([fin_raw, end_raw], 1).gather(1, pick)
-            fin_tokens = torch.cat([fin_tokens, padded], 1).gather(1, pick.unsqueeze(2).expand(-1, -1, max_length))
-        lp[:, end_id] = NEG_INF
-        total = (live_score.view(-1, 1) + lp).view(b, k * vocab)
-        live_score, flat = total.topk(k, dim=1)
-        rows = (offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
-        words = (flat % vocab).view(-1)
-        live_tokens = torch.cat([live_tokens.index_select(0, rows), words.unsqueeze(1)], dim=1)
+        lp = _step_log_probs(logits, tokens, t, bans, row_scores, beams.live_tokens, options.no_repeat_ngram_size)
+        if t >= bans.min_length:
+            beams.end_here(lp, t, penalty)
+        rows, tokens = beams.extend(lp)
         state = decoder.reorder(state, rows)
-        tokens = words
-        # Scores only fall as words are added, so a live hypothesis ends no better than this bound.
-        bound = live_score.max(dim=1).values / float(max_length) ** length_penalty
-        if bool((fin_norm[:, n_best - 1] >= bound).all()):
+        if beams.settled(n_best, penalty):
             break
-
-    results: list[list[Hypothesis]] = []
-    live_norm = live_score / float(live_tokens.size(1)) ** length_penalty
-    for i in range(b):
-        hyps = []
-        for j in range(k):
-            if fin_norm[i, j] > NEG_INF and len(hyps) < n_best:
-                row = fin_tokens[i, j].tolist()
-                hyps.append(Hypothesis(row[: row.index(end_id)] if end_id in row else row, float(fin_raw[i, j]), True))
-        for j in live_norm[i].argsort(descending=True).tolist():
-            if len(hyps) >= n_best:
-                break
-            if live_score[i, j] > NEG_INF:
-                hyps.append(Hypothesis(live_tokens[i * k + j].tolist(), float(live_score[i, j]), False))
-        results.append(hyps)
-    return results
+    return beams.best(n_best, penalty)

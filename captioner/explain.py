@@ -8,7 +8,7 @@ in turn, all grid^2 copies are encoded in one batch, and the caption is scored u
 each copy's vector; a region's importance for a word is how much the word's log-probability falls without
 it. Occlusion is used rather than gradients because it measures what the decoder actually does when the
 region is gone (no linearisation through ReLU6/BatchNorm), needs no autograd through the CNN, and costs a
-fixed grid^2 encoder forwards in one batch (measured in `make bench-serve`).
+fixed grid^2 encoder forwards in one batch (`make bench-serve` times it).
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .decoding import teacher_forced_steps
-from .options import OptionError
-
-if TYPE_CHECKING:
-    from .model import Caption, Captioner
-    from .options import DecodeOptions
+from .decoder import CaptionDecoder
+from .decoding import WordBans, teacher_forced_steps
+from .options import DecodeOptions, OptionError
+from .preprocess import PreprocessConfig
+from .vocab import Vocabulary
 
 GRID = 7
 TOP_CELLS = 8
@@ -61,6 +60,16 @@ class Explanation:
         return asdict(self)
 
 
+class Explainable(Protocol):
+    """What explaining needs of a model (a `captioner.Captioner` has it)."""
+
+    decoder: CaptionDecoder
+    vocab: Vocabulary
+    preprocess_cfg: PreprocessConfig
+
+    def encode(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
 def check_explainable(n_captions: int) -> None:
     """Refuse (OptionError, so the service answers 422) more captions per image than explain covers."""
     if n_captions > MAX_N_BEST:
@@ -80,19 +89,17 @@ def occluded_copies(image: torch.Tensor, grid: int, fill: torch.Tensor) -> torch
     return copies
 
 
-def explain_captions(model: Captioner, image: torch.Tensor, captions: list[Caption], options: DecodeOptions,
+def explain_captions(model: Explainable, image: torch.Tensor, captions: list[list[int]], options: DecodeOptions,
                      grid: int = GRID, top_cells: int = TOP_CELLS) -> list[Explanation]:
-    """Explain each of one image's captions; `image` is the preprocessed tensor [3, H, W] they came from."""
-    from .model import word_bans
-
+    """Explain each of one image's captions, given as word ids (and <end> if it finished); `image` is the
+    preprocessed tensor [3, H, W] they came from."""
     check_explainable(len(captions))
     pre, vocab = model.preprocess_cfg, model.vocab
     grey = (0.5 - torch.tensor(pre.mean)) / torch.tensor(pre.std)  # mid-grey, normalised as the encoder sees it
     features = model.encode(torch.cat([image.unsqueeze(0), occluded_copies(image, grid, grey)]))
-    bans = word_bans(vocab, options)
+    bans = WordBans.for_vocab(vocab, options)
     out = []
-    for caption in captions:
-        ids = caption.ids + [vocab.end_id] * caption.finished
+    for ids in captions:
         log_probs, cells = teacher_forced_steps(model.decoder, features, ids, vocab.start_id)
         chosen = log_probs.gather(2, torch.tensor(ids).expand(log_probs.size(0), -1).unsqueeze(2)).squeeze(2)
         drop = (chosen[:1] - chosen[1:]).T.reshape(len(ids), grid, grid)  # [T, grid, grid]
@@ -115,11 +122,10 @@ def explain_captions(model: Captioner, image: torch.Tensor, captions: list[Capti
 VIEW_JS = Path(__file__).with_name("explain_view.js")
 
 
-def explanation_page(photos: list[tuple[str, bytes, list[Caption]]], resize: str) -> str:
-    """A self-contained HTML page: for each (name, JPEG bytes, explained captions), the photo and each
-    caption's explanation, drawn by the same renderer as the service's web page."""
-    data = [{"name": name, "photo": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(),
-             "captions": [{"text": c.text, "log_prob": c.log_prob, "explanation": c.explanation.to_dict()} for c in caps]}
+def explanation_page(photos: list[tuple[str, bytes, list[dict]]], resize: str) -> str:
+    """A self-contained HTML page: for each (name, JPEG bytes, explained captions as their `to_dict()`), the
+    photo and each caption's explanation, drawn by the same renderer as the service's web page."""
+    data = [{"name": name, "photo": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode(), "captions": caps}
             for name, jpeg, caps in photos]
     payload = json.dumps(data).replace("</", "<\\/")  # safe inside <script>
     return f"""<!doctype html>

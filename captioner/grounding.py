@@ -185,8 +185,8 @@ class Grounding(nn.Module):
         """Whether each concept may be named at all [N, C]: its evidence reaches the threshold, and so does its
         context support, the concept's rate among the training photos of the ImageNet classes the head sees
         (1 for concepts without a context rate). The context guards a learned detector off its domain: a
-        linear map fitted where 77 % of photos show people says "person" for a goldfinch, whereas a class no
-        training photo had gives its concepts no support."""
+        linear map fitted where most photos show a concept says so for photos unlike any it saw, whereas a
+        class no training photo had gives its concepts no support (docs/grounding.md)."""
         ok = evidence >= self.thresholds
         return ok & (class_probs @ self.context_rate >= self.thresholds) if self.labels else ok
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from . import checkpoint as ckpt_io
 from .decoder import CaptionDecoder, DecoderConfig
-from .decoding import Hypothesis, WordBans, beam_search, sequential_decode
+from .decoding import Hypothesis, WordBans, search
 from .encoders import create_encoder
 from .explain import Explanation, check_explainable, explain_captions
 from .grounding import Evidence, Grounding, ImageEvidence
@@ -56,13 +56,6 @@ def encode_images(encoder: nn.Module, batch: torch.Tensor, hflip_average: bool) 
     if hflip_average:
         v = 0.5 * (v + encoder(batch.flip(3)))
     return v
-
-
-def word_bans(vocab: Vocabulary, options: DecodeOptions) -> WordBans:
-    """What decoding may not choose, for this vocabulary: <pad>, <start> and <unk> ever (a caption with
-    "<unk>" in it helps no one), <end> too early or after a `no_end_after` word. Decoding and SCST use it."""
-    return WordBans(vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id),
-                    tuple(vocab.stoi[w] for w in options.no_end_after if w in vocab.stoi), options.min_length)
 
 
 class Captioner:
@@ -150,25 +143,15 @@ class Captioner:
         opts = (options or self.default_options).updated(overrides, len(self.vocab))
         if opts.grounded and self.grounding is None:
             raise OptionError("grounded=true needs a model with grounding evidence; this one has none")
-        bans = word_bans(self.vocab, opts)
+        bans = WordBans.for_vocab(self.vocab, opts)
         grounding = self.grounding
         evidence, allowed, images = grounding.image_evidence(features) if grounding is not None else (None, None, None)
-        common = dict(start_id=self.vocab.start_id, end_id=bans.end_id, max_length=opts.max_length,
-                      min_length=bans.min_length, no_repeat_ngram_size=opts.no_repeat_ngram_size,
-                      suppress_ids=bans.suppress, no_end_after=bans.no_end_after,
-                      word_scores=grounding.word_scores(evidence, allowed) if opts.grounded else None)
         training = self.decoder.training
         self.decoder.eval()
         try:
-            if opts.method == "beam" and opts.beam_size > 1:
-                hyps = beam_search(self.decoder, features, **common, beam_size=opts.beam_size, n_best=opts.n_best,
-                                   length_penalty=opts.length_penalty)
-            else:  # greedy, sampling, and beam 1, which is greedy decoding exactly (tested)
-                sample = opts.method == "sample"
-                per_image = seeds if seeds is not None else opts.seed
-                hyps = [[h] for h in sequential_decode(self.decoder, features, **common, sample=sample,
-                                                       temperature=opts.temperature, top_k=opts.top_k,
-                                                       top_p=opts.top_p, seeds=per_image if sample else None)]
+            hyps = search(self.decoder, features, self.vocab.start_id, bans, opts,
+                          seeds=seeds if seeds is not None else opts.seed,
+                          word_scores=grounding.word_scores(evidence, allowed) if opts.grounded else None)
         finally:
             self.decoder.train(training)
         if images is None:
@@ -201,7 +184,8 @@ class Captioner:
 
     def explain(self, image: torch.Tensor, captions: list[Caption], options: DecodeOptions | None = None) -> None:
         """Attach an Explanation to each of one preprocessed image's [3,H,W] captions."""
-        for caption, explanation in zip(captions, explain_captions(self, image, captions, options or self.default_options)):
+        ids = [c.ids + [self.vocab.end_id] * c.finished for c in captions]
+        for caption, explanation in zip(captions, explain_captions(self, image, ids, options or self.default_options)):
             caption.explanation = explanation
 
     def _caption(self, h: Hypothesis, evidence: torch.Tensor | None = None, image: ImageEvidence | None = None) -> Caption:

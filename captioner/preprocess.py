@@ -128,9 +128,8 @@ def image_to_tensor(img: Image.Image, cfg: PreprocessConfig) -> torch.Tensor:
         left, top = (nw - s) // 2, (nh - s) // 2
         img = img.crop((left, top, left + s, top + s))
     # (x / 255 - mean) / std as one multiply-add per channel, written straight into a channels-first array:
-    # the literal formula made three full-size float temporaries and a transposed copy, and cost 7x as much
-    # (5.0 vs 0.7 ms of the 11 ms an image took on a loaded 2-core machine). numpy, not torch: request threads then
-    # never start OpenMP teams that would compete with the batch thread's for the cores.
+    # no full-size float temporaries, no transposed copy (docs/experiments.md has the timing). numpy, not
+    # torch: request threads then never start OpenMP teams that would compete with the batch thread's.
     std = np.asarray(cfg.std, dtype=np.float32)
     scale, offset = (1.0 / (255.0 * std))[:, None, None], (-np.asarray(cfg.mean, dtype=np.float32) / std)[:, None, None]
     pixels = np.asarray(img).transpose(2, 0, 1)

@@ -83,85 +83,94 @@ _GROUNDING = {
 def openapi_spec(defaults: DecodeOptions | None = None) -> dict:
     """The document; option defaults are the served model's own when given, else DecodeOptions'."""
     options = option_schemas(defaults or DecodeOptions())
-    fields = {**options, "explain": _EXPLAIN}
-    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in fields.items()]
     return {
         "openapi": "3.1.0",
         "info": {"title": "captioner", "version": __version__,
                  "description": "Image captioning: POST a photo, get captions. Options may be given as query "
                                 "parameters, multipart form fields or JSON fields."},
-        "paths": {
-            "/v1/captions": {"post": {
-                "summary": "Caption one image",
-                "parameters": params,
-                "requestBody": {"required": True, "content": {
-                    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "format": "binary"}, **fields}}},
-                    "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
-                        "image": {"type": "string", "contentEncoding": "base64"}, **fields},
-                        "additionalProperties": False}},
-                    "image/*": {"schema": {"type": "string", "format": "binary"}},
-                }},
-                "responses": {
-                    "200": {"description": "Captions, best first", "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/CaptionResponse"}}}},
-                    "400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR,
-                },
+        "paths": _paths({**options, "explain": _EXPLAIN}),
+        "components": {"schemas": _schemas(options)},
+    }
+
+
+def _paths(fields: dict) -> dict:
+    """Every route: the captioning endpoint with its options as query, form or JSON fields, and the rest."""
+    params = [{"name": k, "in": "query", "required": False, "schema": v} for k, v in fields.items()]
+    return {
+        "/v1/captions": {"post": {
+            "summary": "Caption one image",
+            "parameters": params,
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+                    "image": {"type": "string", "format": "binary"}, **fields}}},
+                "application/json": {"schema": {"type": "object", "required": ["image"], "properties": {
+                    "image": {"type": "string", "contentEncoding": "base64"}, **fields},
+                    "additionalProperties": False}},
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
             }},
-            "/v1/model": {"get": {"summary": "The loaded model", "responses": {
-                "200": {"description": "Model description", "content": {"application/json": {
-                    "schema": {"$ref": "#/components/schemas/ModelInfo"}}}}, "503": _ERROR}}},
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
-            "/readyz": {"get": {"summary": "Readiness: model loaded and warm", "responses": {
-                "200": {"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
-                "503": _ERROR}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
-                "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
-            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
-                "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-            "/explain.js": {"get": {"summary": "The web page's explanation renderer", "responses": {"200": {
-                "description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
-            "/": {"get": {"summary": "Web page to try the service", "responses": {"200": {
-                "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
-        },
-        "components": {"schemas": {
-            "Caption": {"type": "object", "required": ["text", "log_prob", "tokens"], "properties": {
-                "text": {"type": "string"},
-                "log_prob": {"type": "number", "maximum": 0,
-                             "description": "the decoder's log-probability of the caption; decoded grounded, plus "
-                                            "the log evidence of each object it names (the score it was chosen by)"},
-                "tokens": {"type": "array", "items": {"type": "string"}},
-                "evidence": _EVIDENCE,
-                "explanation": {"$ref": "#/components/schemas/Explanation"}}},
-            "Explanation": _EXPLANATION,
-            "CaptionResponse": {"type": "object", "required": ["alt_text", "captions", "grounding", "model", "timing_ms",
-                                                               "options", "batch_size"],
-                                "properties": {
-                "alt_text": {"type": "string", "description": "for an image's alt attribute: the best caption as a "
-                             "sentence or, when grounding.low_confidence, what the photo probably shows and why there "
-                             "is no caption"},
-                "captions": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Caption"}},
-                "grounding": _GROUNDING,
-                "options": {"type": "object", "description": "the options used, the model's defaults filled in",
-                            "required": list(PUBLIC_OPTIONS), "additionalProperties": False,
-                            "properties": {**options, "seed": {"type": ["integer", "null"]}}},
-                "model": {"type": "object", "required": ["name", "checkpoint_sha256"], "properties": {
-                    "name": {"type": "string"}, "checkpoint_sha256": {"type": ["string", "null"]}}},
-                "timing_ms": {"type": "object", "required": ["total"],
-                              "additionalProperties": {"type": "number", "minimum": 0}},
-                "batch_size": {"type": "integer", "minimum": 1}}},
-            "ModelInfo": {"type": "object", "required": ["name", "encoder", "decoder", "vocab_size", "checkpoint_sha256", "metrics"],
-                          "properties": {
-                "name": {"type": "string"}, "encoder": {"type": "string"},
-                "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
-                "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
-                "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},
-                "grounding": {"type": ["object", "null"], "description": "concepts with their evidence source and "
-                                                                          "threshold; null without grounding"}}},
-            "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"], "additionalProperties": False,
-                "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+            "responses": {
+                "200": {"description": "Captions, best first", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/CaptionResponse"}}}},
+                "400": _ERROR, "413": _ERROR, "415": _ERROR, "422": _ERROR, "503": _ERROR,
+            },
         }},
+        "/v1/model": {"get": {"summary": "The loaded model", "responses": {
+            "200": {"description": "Model description", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/ModelInfo"}}}}, "503": _ERROR}}},
+        "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Alive", "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}}}},
+        "/readyz": {"get": {"summary": "Readiness: model loaded and warm", "responses": {
+            "200": {"description": "Ready", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}},
+            "503": _ERROR}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {
+            "description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {
+            "description": "OpenAPI 3.1", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/explain.js": {"get": {"summary": "The web page's explanation renderer", "responses": {"200": {
+            "description": "JavaScript", "content": {"text/javascript": {"schema": {"type": "string"}}}}}}},
+        "/": {"get": {"summary": "Web page to try the service", "responses": {"200": {
+            "description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}}}},
+    }
+
+
+def _schemas(options: dict) -> dict:
+    """The response bodies' schemas (the tests validate real responses against them)."""
+    return {
+        "Caption": {"type": "object", "required": ["text", "log_prob", "tokens"], "properties": {
+            "text": {"type": "string"},
+            "log_prob": {"type": "number", "maximum": 0,
+                         "description": "the decoder's log-probability of the caption; decoded grounded, plus "
+                                        "the log evidence of each object it names (the score it was chosen by)"},
+            "tokens": {"type": "array", "items": {"type": "string"}},
+            "evidence": _EVIDENCE,
+            "explanation": {"$ref": "#/components/schemas/Explanation"}}},
+        "Explanation": _EXPLANATION,
+        "CaptionResponse": {"type": "object", "required": ["alt_text", "captions", "grounding", "model", "timing_ms",
+                                                           "options", "batch_size"],
+                            "properties": {
+            "alt_text": {"type": "string", "description": "for an image's alt attribute: the best caption as a "
+                         "sentence or, when grounding.low_confidence, what the photo probably shows and why there "
+                         "is no caption"},
+            "captions": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Caption"}},
+            "grounding": _GROUNDING,
+            "options": {"type": "object", "description": "the options used, the model's defaults filled in",
+                        "required": list(PUBLIC_OPTIONS), "additionalProperties": False,
+                        "properties": {**options, "seed": {"type": ["integer", "null"]}}},
+            "model": {"type": "object", "required": ["name", "checkpoint_sha256"], "properties": {
+                "name": {"type": "string"}, "checkpoint_sha256": {"type": ["string", "null"]}}},
+            "timing_ms": {"type": "object", "required": ["total"],
+                          "additionalProperties": {"type": "number", "minimum": 0}},
+            "batch_size": {"type": "integer", "minimum": 1}}},
+        "ModelInfo": {"type": "object", "required": ["name", "encoder", "decoder", "vocab_size", "checkpoint_sha256", "metrics"],
+                      "properties": {
+            "name": {"type": "string"}, "encoder": {"type": "string"},
+            "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
+            "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
+            "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},
+            "grounding": {"type": ["object", "null"], "description": "concepts with their evidence source and "
+                                                                      "threshold; null without grounding"}}},
+        "Status": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"], "additionalProperties": False,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
     }

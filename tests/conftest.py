@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import jsonschema
@@ -78,3 +79,9 @@ def check_schema(body: dict, name: str) -> None:
     """Validate a real response body against the OpenAPI document's component schema `name`."""
     jsonschema.Draft202012Validator({"$ref": f"urn:spec#/components/schemas/{name}"},
                                     registry=_SPEC_REGISTRY).validate(body)
+
+
+def post_multipart(client, data: bytes, **fields):
+    """POST a photo to /v1/captions as a form upload (the web page's way), with option fields."""
+    return client.post("/v1/captions", data={"image": (io.BytesIO(data), "photo.jpg"), **fields},
+                       content_type="multipart/form-data")

@@ -1,18 +1,21 @@
-"""The character-level language model: the decoder's cells, truncated BPTT with a carried state, exact
+"""The character-level language model: the shared cells, truncated BPTT with a carried state, exact
 resume, safe checkpoints, sampling, and cells that track the text."""
 
+import dataclasses
 import random
 
 import pytest
 import torch
 
-from captioner.charlm import UNKNOWN, CharLM, CharLMConfig, CharVocab, load, save
+from captioner import fields
 from captioner.checkpoint import CheckpointError
-from captioner.decoder import CELLS
-from training.charlm import CharTrainer, TrainConfig, bits_per_char, main
-from training.interpret import cell_report, text_properties
+from captioner.rnn import CELLS
+from charlm.__main__ import main
+from charlm.cells import cell_report, text_properties
+from charlm.model import UNKNOWN, CharLM, CharLMConfig, CharVocab, load, save
+from charlm.train import CharTrainConfig, CharTrainer, bits_per_char
 
-from .test_decoder import hand_step
+from .equations import hand_step
 
 
 def test_vocabulary_round_trips_and_maps_unseen_characters_to_unknown():
@@ -23,8 +26,8 @@ def test_vocabulary_round_trips_and_maps_unseen_characters_to_unknown():
 
 
 @pytest.mark.parametrize("cell", sorted(CELLS))
-def test_the_character_model_runs_the_decoders_cells(cell):
-    """Built by the decoder's own `make_rnn`, so one step is the textbook equations (as the decoder's test
+def test_the_character_model_runs_the_shared_cells(cell):
+    """Built by the captioner's `make_rnn`, so one step is the textbook equations (as the decoder's test
     checks) and an LSTM starts with forget bias 1."""
     torch.manual_seed(0)
     model = CharLM(CharLMConfig(vocab_size=12, cell=cell, hidden_dim=16, num_layers=1))
@@ -82,8 +85,9 @@ def segments(n: int, seed: int = 0) -> str:
 
 
 def train(path, out, **kw) -> CharTrainer:
-    settings = dict(hidden_dim=32, bptt=4, batch_size=16, lr=1e-2, max_steps=400, minutes=10, eval_every=10_000)
-    cfg = TrainConfig(text=str(path), progress=False, out=str(out), **{**settings, **kw})
+    settings = {"model.hidden_dim": 32, "bptt": 4, "batch_size": 16, "lr": 1e-2, "max_steps": 400, "minutes": 10,
+                "eval_every": 10_000}
+    cfg = fields.build(CharTrainConfig, {"text": str(path), "progress": False, "out": str(out), **settings, **kw})
     trainer = CharTrainer(cfg)
     trainer.fit()
     return trainer
@@ -110,7 +114,7 @@ def test_resume_continues_exactly(tmp_path):
     text.write_text(segments(200))
     full = train(text, tmp_path / "full", max_steps=12, eval_every=6)
     first = train(text, tmp_path / "cut", max_steps=6, eval_every=6)
-    second = CharTrainer(TrainConfig(**{**first.cfg.__dict__, "max_steps": 12}))
+    second = CharTrainer(dataclasses.replace(first.cfg, max_steps=12))
     second.resume()
     assert second.state["step"] == 6 and second.carried is not None
     second.fit()

@@ -6,35 +6,9 @@ import torch
 from captioner.decoder import CaptionDecoder, DecoderConfig
 
 from .conftest import tiny_decoder
+from .equations import hand_step, weights
 
 H = 32
-
-
-def weights(dec: CaptionDecoder):
-    r = dec.rnn
-    return r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0 + 0, r.bias_hh_l0 + 0
-
-
-def hand_step(cell: str, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None, dec: CaptionDecoder):
-    """One step of the seed's equations, written out with the fused module's own weights."""
-    w_x, w_h, b_x, b_h = weights(dec)
-    sig, tanh = torch.sigmoid, torch.tanh
-    if cell == "rnn":  # h_t = tanh(W_xh x_t + W_hh h_{t-1} + b)
-        return tanh(x @ w_x.T + b_x + h @ w_h.T + b_h), None
-    if cell == "lstm":  # (i,f,o,g) = (sig,sig,sig,tanh)(W [h; x]); C = f*C + i*g; h = o*tanh(C)
-        z = x @ w_x.T + b_x + h @ w_h.T + b_h
-        i, f, g, o = z.chunk(4, dim=-1)  # torch's gate order
-        c_new = sig(f) * c + sig(i) * tanh(g)
-        return sig(o) * tanh(c_new), c_new
-    # GRU: r, z gates; h~ = tanh(W x + r * (U h)); h = (1 - z) * h_prev + z * h~
-    # (torch applies r after the hidden matmul, the cuDNN form; with z as the update gate as in the seed.)
-    gx, gh = x @ w_x.T + b_x, h @ w_h.T + b_h
-    rx, zx, nx = gx.chunk(3, dim=-1)
-    rh, zh, nh = gh.chunk(3, dim=-1)
-    r, zgate = sig(rx + rh), sig(zx + zh)
-    candidate = tanh(nx + r * nh)
-    # torch's nn.GRU computes h = (1 - z') * n + z' * h_prev; its z' is the seed's 1 - z.
-    return zgate * h + (1 - zgate) * candidate, None
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -123,9 +97,16 @@ def test_image_vectors_are_standardised_with_training_statistics():
     dec = tiny_decoder(20, feature_dim=6)
     train = torch.rand(100, 6) * 5 + 3  # all positive, large shared mean: like pooled CNN features
     dec.set_feature_stats(train)
-    z = (train - dec.feature_mean) / dec.feature_std
-    torch.testing.assert_close(z.mean(0), torch.zeros(6), atol=1e-4, rtol=0)
-    torch.testing.assert_close(dec.project_image(train), dec.image_proj(z))
+    # Standardised, the decoder sees the same image whatever per-dimension scale and offset the encoder's
+    # vectors have: a twin fitted on rescaled, shifted vectors projects the rescaled vectors identically.
+    scale, shift = torch.rand(6) * 4 + 0.5, torch.randn(6) * 10
+    twin = tiny_decoder(20, feature_dim=6)  # the same seed: the same weights
+    twin.set_feature_stats(train * scale + shift)
+    photos = torch.rand(7, 6) * 5 + 3
+    torch.testing.assert_close(twin.project_image(photos * scale + shift), dec.project_image(photos), rtol=1e-4, atol=1e-4)
+    # and the training set's mean vector is the decoder's "average photo": W_v 0 + b
+    torch.testing.assert_close(dec.project_image(train.mean(0, keepdim=True))[0], dec.image_proj.bias, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(dec.project_image(train[:1]), tiny_decoder(20, feature_dim=6).project_image(train[:1]))
     assert "feature_mean" in dec.state_dict()  # travels inside the checkpoint
 
 

@@ -16,7 +16,7 @@ from captioner.explain import MAX_N_BEST, occluded_copies
 from service.app import create_app
 from service.settings import Settings
 
-from .test_service import check_schema, post_multipart
+from .conftest import check_schema, post_multipart
 
 
 @pytest.mark.parametrize("options", [dict(method="greedy"), dict(method="beam", beam_size=3, n_best=3),

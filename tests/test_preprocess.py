@@ -1,3 +1,5 @@
+"""Image loading and preprocessing: odd real-world files decode or fail clearly, and normalisation is the encoder's."""
+
 import numpy as np
 import pytest
 import torch

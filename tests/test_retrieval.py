@@ -6,10 +6,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from captioner.decoding import WordBans, sequential_decode
+from captioner.decoding import WordBans
 from training.config import TrainConfig
 from training.retrieval import Retrieval, self_retrieval, train_retrieval, val_self_retrieval
-from training.scst import Reward, caption_ids, policy_gradient_loss, scst_loss, scst_samples
+from training.scst import Reward, scst_loss, scst_samples
 from training.train import selection_score
 
 from .conftest import tiny_decoder, tiny_vocab
@@ -65,48 +65,43 @@ def test_self_retrieval_reads_k_captions_per_photo_in_order():
     torch.testing.assert_close(self_retrieval(model, padded, feats, k=2), got)
 
 
-def test_scst_reward_adds_the_discriminability_term():
-    """With weight w, each sample's reward rises by exactly w x log p(own photo | sample) among the batch's
-    photos; the same samples are drawn either way (the term only reads them)."""
-    dec = tiny_decoder(12, seed=8)
-    vocab = tiny_vocab(8)
+def test_reward_adds_the_discriminability_term():
+    """With weight w, each caption's reward is its text terms plus exactly w x log p(own photo | caption)
+    among the batch's photos; the reward refuses a weight without the model that scores it."""
+    vocab, refs = tiny_vocab(8), [["w1 w2"], ["w3"], ["w4 w5"]]
     feats = torch.randn(3, 1280, generator=torch.Generator().manual_seed(8))
-    reward = Reward([["w1 w2"], ["w3"], ["w4 w5"]])
     torch.manual_seed(1)
     retrieval = Retrieval(12, 1280, dim=8, ignore_ids=SPECIAL)
-    cfg = TrainConfig(scst_samples=3, scst_baseline="mean", scst_max_words=5)
-    means = []
-    for w in (0.0, 0.4):
-        torch.manual_seed(3)
-        means.append(scst_loss(dec, feats, [0, 1, 2], vocab, reward, replace(cfg, scst_discriminability_weight=w),
-                               BANS, retrieval=retrieval)[1])
-    torch.manual_seed(3)
-    seqs = scst_samples(dec, feats, 3, 5, vocab, BANS)
-    assert means[1] - means[0] == pytest.approx(0.4 * float(self_retrieval(retrieval, seqs, feats, 3).mean()), abs=1e-6)
+    seqs = torch.tensor([[4, 5, END], [6, END, 0], [4, 4, 5], [7, 8, END], [5, END, 0], [8, 8, END]])
+    plain = Reward(refs)(seqs, [0, 1, 2], feats, vocab, per_image=2)
+    weighted = Reward(refs, discriminability_weight=0.4, retrieval=retrieval)(seqs, [0, 1, 2], feats, vocab, per_image=2)
+    assert plain.shape == (3, 2)
+    torch.testing.assert_close(weighted - plain, 0.4 * self_retrieval(retrieval, seqs, feats, 2))
+    with pytest.raises(ValueError, match="retrieval"):
+        Reward(refs, discriminability_weight=0.4)
 
 
-def test_greedy_baseline_carries_the_term_too():
-    """With the greedy baseline, the greedy caption's reward gets the same term, so each advantage compares
-    like with like: the loss equals the policy-gradient loss on advantages computed by hand."""
+def test_greedy_baseline_is_scored_by_the_whole_reward(monkeypatch):
+    """The greedy baseline's caption earns the same reward as a sample would, discriminability included: with
+    a decoder so sure of its words that every sample is the greedy caption, each advantage is 0."""
+    import training.scst as scst
+
     dec, vocab = tiny_decoder(12, seed=9), tiny_vocab(8)
+    with torch.no_grad():
+        dec.out.bias[7] = 100.0  # every step: word 7, whether sampled or chosen greedily
     feats = torch.randn(3, 1280, generator=torch.Generator().manual_seed(9))
-    reward = Reward([["w1 w2"], ["w3"], ["w4 w5"]])
     torch.manual_seed(1)
-    retrieval = Retrieval(12, 1280, dim=8, ignore_ids=SPECIAL)
-    cfg = TrainConfig(scst_samples=3, scst_baseline="greedy", scst_max_words=5, scst_discriminability_weight=0.4)
-    torch.manual_seed(3)
-    loss = scst_loss(dec, feats, [0, 1, 2], vocab, reward, cfg, BANS, retrieval=retrieval)[0]
-
-    torch.manual_seed(3)
-    seqs = scst_samples(dec, feats, 3, 5, vocab, BANS)
-    scores = torch.tensor([reward(vocab.decode(s), i // 3) for i, s in enumerate(seqs.tolist())]).view(3, 3)
-    scores = scores + 0.4 * self_retrieval(retrieval, seqs, feats, 3)
-    hyps = sequential_decode(dec.eval(), feats, START, END, 5, min_length=1, suppress_ids=BANS.suppress)
-    greedy = torch.tensor([reward(vocab.decode(h.tokens), i) for i, h in enumerate(hyps)])
-    greedy = greedy + 0.4 * self_retrieval(retrieval, caption_ids(hyps, END), feats)[:, 0]
-    expected = policy_gradient_loss(dec.train(), feats.repeat_interleave(3, 0), seqs,
-                                    (scores - greedy[:, None]).reshape(-1), START, BANS)
-    torch.testing.assert_close(loss, expected)
+    reward = Reward([["w1 w2"], ["w3"], ["w4 w5"]], discriminability_weight=0.4,
+                    retrieval=Retrieval(12, 1280, dim=8, ignore_ids=SPECIAL))
+    seen = {}
+    monkeypatch.setattr(scst, "scst_advantages", lambda scores, baseline, greedy: seen.setdefault(
+        "advantages", scores - greedy[:, None]))
+    cfg = TrainConfig(scst_samples=3, scst_baseline="greedy", scst_max_words=5)
+    scst_loss(dec, feats, [0, 1, 2], vocab, reward, cfg, BANS)
+    torch.testing.assert_close(seen["advantages"], torch.zeros(3, 3), atol=1e-5, rtol=0)  # float summation order aside
+    samples = scst_samples(dec, feats, 3, 5, vocab, BANS)
+    term = reward(samples, [0, 1, 2], feats, vocab, 3) - Reward([["w1 w2"], ["w3"], ["w4 w5"]])(samples, [0, 1, 2], feats, vocab, 3)
+    assert term.abs().min() > 1e-3  # the term is there to be matched: a baseline without it would be far from 0
 
 
 def test_selection_score_and_val_self_retrieval():

@@ -15,6 +15,7 @@ import captioner
 from captioner.checkpoint import load as load_checkpoint
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
+from captioner.options import DecodeOptions
 from training import demo
 from training.config import TrainConfig, load_config
 from training.features import build_or_load, decode_workers, is_complete
@@ -40,9 +41,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
-    base = load_config("configs/demo.toml")
-    return replace(base, data_dir=str(demo_dir), cache_dir=str(cache_dir), out_dir=str(out), progress=False,
-                   **{"scst_epochs": 0, **TRAINING_OVERRIDES, **kw})
+    """configs/demo.toml on `demo_dir`; `kw` may set the decoder's fields by dotted name (**{"decoder.dropout": 0})."""
+    return load_config("configs/demo.toml", {"data_dir": str(demo_dir), "cache_dir": str(cache_dir), "out_dir": str(out),
+                                             "progress": False, "scst_epochs": 0, **TRAINING_OVERRIDES, **kw})
 
 
 def train_bleu(trainer: Trainer) -> float:
@@ -87,7 +88,7 @@ def test_vocabulary_comes_from_training_captions_only(demo_dir, cache_dir, tmp_p
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(demo_dir, cache_dir, tmp_path, monkeypatch):
-    kw = dict(epochs=4, dropout=0.3, scheduled_sampling=0.2, patience=10)
+    kw = {"epochs": 4, "decoder.dropout": 0.3, "scheduled_sampling": 0.2, "patience": 10}
     full = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "full", **kw))
     full.out.mkdir(parents=True)
     full.fit()
@@ -173,7 +174,7 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
     assert any(not torch.equal(start[k], v) for k, v in rl.decoder.state_dict().items())  # it did update
 
     with pytest.raises(ValueError, match="vocabulary or decoder config differs"):
-        Trainer(demo_config(demo_dir, cache_dir, tmp_path / "other", hidden_dim=64, init_from=str(best)))
+        Trainer(demo_config(demo_dir, cache_dir, tmp_path / "other", init_from=str(best), **{"decoder.hidden_dim": 64}))
 
 
 def test_epochs_are_selected_on_the_reward_scst_maximises(demo_dir, cache_dir, tmp_path):
@@ -243,7 +244,7 @@ def test_sequence_log_probs_are_decodings_distribution():
     distribution over the allowed words alone (what the sampler draws from)."""
     dec = tiny_decoder(12, seed=5)
     v = torch.randn(4, 1280, generator=torch.Generator().manual_seed(5))
-    hyps = sequential_decode(dec, v, START, END, max_length=6, min_length=0)
+    hyps = sequential_decode(dec, v, START, WordBans(END, min_length=0), DecodeOptions(max_length=6))
     rows = [h.tokens + [END] * h.finished for h in hyps]
     seqs = torch.zeros(4, max(map(len, rows)), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -363,14 +364,34 @@ def test_config_toml_and_command_line_overrides(tmp_path):
     parser = argparse.ArgumentParser()
     config_mod.add_arguments(parser)
     args = parser.parse_args(["--config", "configs/flickr8k.toml", "--lr", "0.01", "--final_beam_sizes", "2,4",
-                              "--hflip_average", "true"])
+                              "--hflip_average", "true", "--decoder.hidden_dim", "96"])
     cfg = config_mod.from_args(args)
     assert cfg.lr == 0.01 and cfg.final_beam_sizes == [2, 4] and cfg.hflip_average is True
-    assert cfg.val_split == "dev" and cfg.cell == "lstm"
-    (tmp_path / "bad.toml").write_text("learning_rate = 1\n")
-    with pytest.raises(ValueError, match="unknown config keys: learning_rate"):
+    # the [decoder] table fills the decoder's own config; a flag overrides one field and keeps the others
+    assert cfg.val_split == "dev" and cfg.decoder.hidden_dim == 96 and cfg.decoder.conditioning == "every_step"
+    assert load_config("configs/demo.toml").decoder.hidden_dim == 256
+    (tmp_path / "bad.toml").write_text("learning_rate = 1\n[decoder]\nhidden = 3\n")
+    with pytest.raises(ValueError, match="unknown config keys: decoder.hidden, learning_rate"):
         load_config(tmp_path / "bad.toml")
+    with pytest.raises(ValueError, match="come from the data"):
+        load_config(overrides={"decoder.vocab_size": 10})
     assert load_config("configs/coco.toml").format == "karpathy"
+
+
+def test_one_default_for_each_model_hyperparameter():
+    """A training config holds its model's config (no copy of its fields), so the defaults are the model's."""
+    import dataclasses
+
+    from captioner.decoder import DecoderConfig
+    from charlm.model import CharLMConfig
+    from charlm.train import CharTrainConfig
+
+    for train_cls, model_cls in ((TrainConfig, DecoderConfig), (CharTrainConfig, CharLMConfig)):
+        train_fields = {f.name for f in dataclasses.fields(train_cls)}
+        copied = train_fields & {f.name for f in dataclasses.fields(model_cls)}
+        assert not copied, f"{train_cls.__name__} repeats {model_cls.__name__}'s {sorted(copied)}"
+        nested = [f.name for f in dataclasses.fields(train_cls) if f.type in (model_cls, model_cls.__name__)]
+        assert len(nested) == 1 and getattr(train_cls(), nested[0]) == model_cls()
 
 
 @pytest.mark.slow
@@ -412,7 +433,7 @@ def test_two_node_torchrun_keeps_ranks_identical_and_matches_one_process(demo_di
 
     root, epochs = Path(__file__).parent.parent, 2
     common = ["-m", "training.train", "--config", "configs/demo.toml", "--data_dir", str(demo_dir),
-              "--cache_dir", str(tmp_path / "cache"), "--epochs", str(epochs), "--scst_epochs", "0", "--dropout", "0",
+              "--cache_dir", str(tmp_path / "cache"), "--epochs", str(epochs), "--scst_epochs", "0", "--decoder.dropout", "0",
               "--progress", "false", "--threads", "1", "--final_beam_sizes", "1", "--amp", "false", "--num_workers", "0"]
     port = free_port()
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
@@ -474,17 +495,17 @@ def test_reward_adds_bleu_and_charges_disfluency():
     refs = [["a dog runs on the grass", "a brown dog is running"]]
     plain, both = Reward(refs), Reward(refs, bleu_weight=0.5, disfluency_penalty=2.0)
     fluent, broken = "a brown dog is running".split(), "a dog and a cat is running".split()
-    assert both(fluent, 0) == pytest.approx(plain(fluent, 0) + 0.5 * sentence_bleu(fluent, [r.split() for r in refs[0]]))
-    assert both(broken, 0) == pytest.approx(plain(broken, 0) + 0.5 * sentence_bleu(broken, [r.split() for r in refs[0]]) - 2.0)
+    assert both.text_terms(fluent, 0) == pytest.approx(plain.text_terms(fluent, 0) + 0.5 * sentence_bleu(fluent, [r.split() for r in refs[0]]))
+    assert both.text_terms(broken, 0) == pytest.approx(plain.text_terms(broken, 0) + 0.5 * sentence_bleu(broken, [r.split() for r in refs[0]]) - 2.0)
 
 
 def test_reward_charges_objects_no_reference_names():
     refs = [["a man rides a bicycle", "a person on a bike"], ["a dog runs"]]
     plain, charged = Reward(refs), Reward(refs, hallucination_penalty=1.5)
     supported, invented = "a boy rides a bike".split(), "a man rides a bike with a dog".split()
-    assert charged(supported, 0) == pytest.approx(plain(supported, 0))  # boy: person; bike: bicycle
-    assert charged(invented, 0) == pytest.approx(plain(invented, 0) - 1.5)  # no reference of photo 0 names a dog
-    assert charged("a dog runs".split(), 1) == pytest.approx(plain("a dog runs".split(), 1))
+    assert charged.text_terms(supported, 0) == pytest.approx(plain.text_terms(supported, 0))  # boy: person; bike: bicycle
+    assert charged.text_terms(invented, 0) == pytest.approx(plain.text_terms(invented, 0) - 1.5)  # no reference of photo 0 names a dog
+    assert charged.text_terms("a dog runs".split(), 1) == pytest.approx(plain.text_terms("a dog runs".split(), 1))
 
 
 def test_scst_cross_entropy_term_is_the_human_captions_cross_entropy():

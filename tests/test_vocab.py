@@ -1,3 +1,5 @@
+"""The tokenizer and the vocabulary: one definition of a word, ids that round-trip, unknown words mapped."""
+
 import pytest
 
 from captioner.vocab import Vocabulary, tokenize

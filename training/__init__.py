@@ -1,0 +1,1 @@
+"""Training the captioner: data, the feature cache, cross-entropy and SCST, grounding, evaluation (`make train`)."""

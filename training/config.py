@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import get_type_hints
 
+from captioner import fields
+from captioner.decoder import DecoderConfig
 from captioner.options import DecodeOptions
 
 
@@ -31,13 +30,8 @@ class TrainConfig:
     image_size: int = 0  # 0: the encoder's native input size (its registry entry)
     resize: str = ""  # squash | center_crop; empty: the encoder's own
     hflip_average: bool = False
-    # decoder
-    cell: str = "lstm"
-    embed_dim: int = 512
-    hidden_dim: int = 512
-    num_layers: int = 1
-    dropout: float = 0.3
-    conditioning: str = "every_step"
+    # the decoder's hyperparameters (a [decoder] table; --decoder.hidden_dim 1024 on the command line)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     # optimisation (teacher forcing, cross-entropy)
     epochs: int = 20
     batch_size: int = 128
@@ -48,7 +42,7 @@ class TrainConfig:
     grad_clip: float = 2.0  # global norm
     label_smoothing: float = 0.1
     scheduled_sampling: float = 0.0  # max probability of feeding the model's own word, ramped over the epochs
-    patience: int = 4  # early stop after this many epochs without a better val CIDEr
+    patience: int = 4  # early stop after this many epochs without a better val selection score
     # self-critical sequence training (Rennie et al. 2017) after cross-entropy, on val CIDEr-D too
     scst_epochs: int = 0
     scst_lr: float = 5e-5
@@ -73,7 +67,7 @@ class TrainConfig:
     grounding_weight: float = 1.0  # a concept word scores p(word) x evidence ** this during grounded decoding
     grounding_l2: float = 1e-4  # L2 weight of the learned concept detectors (logistic regression on v)
     # learned concepts that may be named only where the ImageNet classes the head sees had them in training
-    # (person: its detector learned where 77 % of photos show people, and says so off-domain too)
+    # (a detector learned where most photos show the concept says so off-domain too: docs/grounding.md)
     grounding_context_concepts: list[str] = field(default_factory=lambda: ["person"])
     grounding_context_prior: float = 20.0  # phantom photos showing nothing, per ImageNet class, in those rates
     low_confidence_prob: float = 0.3  # flag a photo whose top ImageNet class, this sure, is one the model never learned
@@ -94,65 +88,34 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):  # fail before the features are built, not an hour into training
+        if isinstance(self.decoder, dict):  # as stored in a checkpoint's info
+            self.decoder = DecoderConfig(**self.decoder)
+        if self.decoder.vocab_size or self.decoder.feature_dim:
+            raise ValueError("decoder.vocab_size and decoder.feature_dim come from the data and the encoder; leave them unset")
         if self.scst_baseline not in ("greedy", "mean"):
             raise ValueError(f"scst_baseline must be 'greedy' or 'mean', got {self.scst_baseline!r}")
         if self.scst_baseline == "mean" and self.scst_epochs > 0 and self.scst_samples < 2:
             raise ValueError("scst_baseline = 'mean' needs scst_samples >= 2")
 
 
-def _parse_value(kind, text: str):
-    origin = getattr(kind, "__origin__", None)
-    optional = [a for a in typing.get_args(kind) if a is not type(None)]
-    if type(None) in typing.get_args(kind) and len(optional) == 1:  # `str | None`: the value's own type
-        return _parse_value(optional[0], text)
-    if origin is list:
-        inner = kind.__args__[0]
-        return [inner(x) for x in text.split(",") if x != ""]
-    if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-    return kind(text)
-
-
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """TOML file (flat keys, or grouped in tables which are flattened) + overrides -> TrainConfig."""
+    """TOML file + overrides -> TrainConfig. Tables are flattened, except those naming a nested config
+    ([decoder]); overrides may set a nested field by its dotted name (`decoder.hidden_dim`)."""
     values: dict = {}
     if path:
         with open(path, "rb") as f:
             raw = tomllib.load(f)
         for key, value in raw.items():
-            values.update(value if isinstance(value, dict) else {key: value})
+            values.update(value if isinstance(value, dict) and key not in fields.nested(TrainConfig) else {key: value})
     values.update(overrides or {})
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-    return TrainConfig(**values)
-
-
-def add_field_arguments(parser: argparse.ArgumentParser, cls, dashes: bool = False) -> None:
-    """One --field VALUE flag per field of dataclass `cls` (lists as a,b,c; booleans true/false), default
-    unset; `dashes` spells them --hidden-dim instead of --hidden_dim."""
-    hints = get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = f.name.replace("_", "-") if dashes else f.name
-        parser.add_argument(f"--{flag}", dest=f.name, default=None, metavar=f.name.upper(),
-                            type=lambda text, kind=hints[f.name]: _parse_value(kind, text))
-
-
-def given_fields(args: argparse.Namespace, cls) -> dict:
-    """The fields of `cls` given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return fields.build(TrainConfig, values)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config FILE plus one --field VALUE flag per TrainConfig field."""
+    """--config FILE plus one --field VALUE flag per TrainConfig field (--decoder.field for the decoder's)."""
     parser.add_argument("--config", default=None, help="TOML file under configs/")
-    add_field_arguments(parser, TrainConfig)
+    fields.add_field_arguments(parser, TrainConfig)
 
 
 def from_args(args: argparse.Namespace) -> TrainConfig:
-    return load_config(args.config, given_fields(args, TrainConfig))
+    return load_config(args.config, fields.given_fields(args, TrainConfig))

@@ -8,7 +8,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,9 +18,8 @@ from captioner.vocab import Vocabulary, tokenize
 from .config import TrainConfig
 from .datasets import DataError, Record, check_images, read_records
 from .features import build_or_load, file_digest, is_cached
+from .runtime import Distributed, SingleProcess
 
-if TYPE_CHECKING:
-    from .train import Distributed
 
 def preprocess_config(cfg: TrainConfig) -> PreprocessConfig:
     """The encoder's own preprocessing (its registry entry), with the config's size and resize if set."""
@@ -66,8 +64,7 @@ def encode_captions(records: list[Record], vocab: Vocabulary, max_words: int) ->
 
 def rarely_final_words(captions: list[list[str]], min_count: int = 50, max_final_rate: float = 0.001) -> list[str]:
     """Words seen at least `min_count` times in the training captions but ending fewer than `max_final_rate`
-    of them ("a", "in", "the", "young", ...): a caption that stops on one is unfinished. Measured on
-    Flickr8k train: 141 words."""
+    of them ("a", "in", "the", "young", ...): a caption that stops on one is unfinished."""
     seen, final = Counter(), Counter()
     for words in captions:
         if words:
@@ -126,19 +123,7 @@ class TrainingData:
         return self.tokens[rows, : int(self.lengths[rows].max())]
 
 
-@dataclass(frozen=True)
-class SingleProcess:
-    """`train.Distributed` for one process on the CPU: what tools that only read the data pass in."""
-
-    device: torch.device = torch.device("cpu")
-    enabled: bool = False
-    main: bool = True
-
-    def barrier(self) -> None:
-        pass
-
-
-def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: "Distributed | SingleProcess") -> TrainingData:
+def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: Distributed | SingleProcess) -> TrainingData:
     """Read the records, build the vocabulary from the training captions, and load (or extract) every
     image's vector. Raises DataError with instructions when the data is not where the config says."""
     pre, encoder_id = preprocess_config(cfg), encoder_identity(cfg)

@@ -46,9 +46,8 @@ class ImageDataset(Dataset):
 def decode_workers(requested: int, device: str | torch.device) -> int:
     """How many of `requested` DataLoader workers to start for decoding images the encoder runs on `device`.
     On a GPU all of them: the CPU is otherwise idle. On the CPU only the cores the encoder's torch threads
-    leave free: a worker sharing a core with them stalls those threads at every synchronisation point.
-    Measured on a 2-core machine (fp32/AVX2, 512 photos, 3 alternating runs each): extraction at 0.75-0.76x
-    the encoder's own batch rate with 2 workers, 0.86-0.90x decoding in the main process."""
+    leave free: a worker sharing a core with them stalls those threads at every synchronisation point
+    (docs/experiments.md has the measurement)."""
     if torch.device(device).type != "cpu":
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -18,8 +18,8 @@ from captioner.vocab import tokenize
 # A compound subject with a singular verb: "and (a|an|the|one|another) WORD [WORD] is".
 AGREEMENT_ERROR = re.compile(r"\band (?:a|an|the|one|another) \w+(?: \w+)? is\b")
 
-# A word joined to itself: "a white and white dog" (3 of Flickr8k's 35,000 human captions; 1.4 % of one SCST
-# model's dev captions, its colour template run dry).
+# A word joined to itself: "a white and white dog" (rare in human captions, a template run dry in SCST
+# models' captions: docs/experiments.md).
 REPEATED_CONJUNCT = re.compile(r"\b(\w+) and \1\b")
 
 COLOURS = frozenset("""black white red blue green yellow orange pink purple brown gray grey tan gold golden silver

@@ -27,7 +27,8 @@ from captioner.vocab import Vocabulary
 
 from . import config as config_mod
 from .config import TrainConfig
-from .data import SingleProcess, prepare_data
+from .data import prepare_data
+from .runtime import SingleProcess
 from .datasets import Record
 
 log = logging.getLogger("training.grounding")

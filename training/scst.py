@@ -1,7 +1,7 @@
-"""Self-critical sequence training (Rennie et al. 2017): REINFORCE on CIDEr-D (optionally plus BLEU-4 and a
-fluency term) with a baseline. Samples are drawn without autograd on the inference fast path, then scored in
-one teacher-forced pass under the same word bans decoding uses, so the gradient is that of the distribution
-the samples came from."""
+"""Self-critical sequence training (Rennie et al. 2017): REINFORCE on CIDEr-D (optionally plus BLEU-4,
+fluency, hallucination and discriminability terms: `Reward`) with a baseline. Samples are drawn without
+autograd on the inference fast path, then scored in one teacher-forced pass under the same word bans
+decoding uses, so the gradient is that of the distribution the samples came from."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from captioner.concepts import named_concepts, shown_concepts, word_concepts
 from captioner.decoder import CaptionDecoder
-from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
+from captioner.decoding import Hypothesis, WordBans, sequence_log_probs, sequential_decode
+from captioner.options import DecodeOptions
 from captioner.vocab import Vocabulary, tokenize
 
 from .config import TrainConfig
@@ -42,17 +43,31 @@ def scst_samples(decoder: CaptionDecoder, feats: torch.Tensor, k: int, max_words
     """k captions per image drawn from the model's own distribution (without the banned words), on the
     inference fast path: ids [N*k, T] with <end> where finished and 0 after. The noise comes from the
     global RNG, so an exact resume draws the same samples."""
-    training = decoder.training
-    decoder.eval()
     gen = torch.Generator(feats.device).manual_seed(int(torch.randint(0, 2**62, (1,))))
-    hyps = sequential_decode(decoder, feats.repeat_interleave(k, 0), vocab.start_id, vocab.end_id, max_words,
-                             min_length=bans.min_length, sample=True, seeds=gen, suppress_ids=bans.suppress,
-                             no_end_after=bans.no_end_after)
-    decoder.train(training)
+    hyps = _decode_in_eval(decoder, feats.repeat_interleave(k, 0), vocab, bans,
+                           DecodeOptions(method="sample", max_length=max_words), gen)
     return caption_ids(hyps, vocab.end_id).to(feats.device)
 
 
-def caption_ids(hyps, end_id: int) -> torch.Tensor:
+def greedy_captions(decoder: CaptionDecoder, feats: torch.Tensor, max_words: int, vocab: Vocabulary,
+                    bans: WordBans) -> torch.Tensor:
+    """Each image's greedy caption under the same bans, as `scst_samples` returns samples: ids [N, T]."""
+    hyps = _decode_in_eval(decoder, feats, vocab, bans, DecodeOptions(method="greedy", max_length=max_words))
+    return caption_ids(hyps, vocab.end_id).to(feats.device)
+
+
+def _decode_in_eval(decoder: CaptionDecoder, feats: torch.Tensor, vocab: Vocabulary, bans: WordBans,
+                    options: DecodeOptions, seeds: torch.Generator | None = None) -> list[Hypothesis]:
+    """Decode without dropout, whatever mode the decoder is in, and leave it in that mode."""
+    training = decoder.training
+    decoder.eval()
+    try:
+        return sequential_decode(decoder, feats, vocab.start_id, bans, options, seeds=seeds)
+    finally:
+        decoder.train(training)
+
+
+def caption_ids(hyps: Sequence[Hypothesis], end_id: int) -> torch.Tensor:
     """Decoded captions as padded ids [N, T]: their words, then <end> where finished, then 0."""
     return pad_rows([h.tokens + [end_id] * h.finished for h in hyps])
 
@@ -66,15 +81,20 @@ def policy_gradient_loss(decoder: CaptionDecoder, feats: torch.Tensor, seqs: tor
 
 
 class Reward:
-    """The per-sample reward SCST maximises: CIDEr-D against the image's references (document frequencies
-    from the training captions), plus `bleu_weight` x sentence BLEU-4, minus `disfluency_penalty` for a caption
-    `training.fluency` calls disfluent, minus `hallucination_penalty` for a caption that names a concept
-    (`captioner.concepts`) none of the image's references names. Built once per run: each image's references are prepared up front for
-    both metrics, since every epoch scores k samples against them. `training.train.selection_score` compares
-    epochs on the same terms averaged over the val captions: a new term belongs in both."""
+    """The whole reward SCST maximises, for each sampled caption of a batch: CIDEr-D against its image's
+    references (document frequencies from the training captions), plus `bleu_weight` x sentence BLEU-4, minus
+    `disfluency_penalty` for a caption `training.fluency` calls disfluent, minus `hallucination_penalty` for a
+    caption that names a concept (`captioner.concepts`) none of its references names, plus
+    `discriminability_weight` x log p(its own photo | caption) among the batch's photos (`retrieval`).
+    Built once per run: each image's references are prepared up front, since every epoch scores k samples
+    against them. `training.train.selection_score` compares epochs on the same terms averaged over the val
+    captions: a new term belongs in both."""
 
     def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0,
-                 hallucination_penalty: float = 0.0):
+                 hallucination_penalty: float = 0.0, discriminability_weight: float = 0.0,
+                 retrieval: Retrieval | None = None):
+        if discriminability_weight and retrieval is None:
+            raise ValueError("a discriminability weight needs the retrieval model that scores it")
         self.cider = CiderD(references)
         tokens = [[tokenize(c) for c in refs] for refs in references]
         self.prepared = [self.cider.prepare(refs) for refs in tokens]
@@ -83,8 +103,16 @@ class Reward:
         self.shown = [shown_concepts(refs, self.concepts) for refs in references]
         self.bleu_weight, self.disfluency_penalty = bleu_weight, disfluency_penalty
         self.hallucination_penalty = hallucination_penalty
+        self.discriminability_weight, self.retrieval = discriminability_weight, retrieval
 
-    def __call__(self, words: Sequence[str], image: int) -> float:
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, references: Sequence[Sequence[str]],
+                    retrieval: Retrieval | None = None) -> "Reward":
+        return cls(references, cfg.scst_bleu_weight, cfg.scst_disfluency_penalty, cfg.scst_hallucination_penalty,
+                   cfg.scst_discriminability_weight, retrieval)
+
+    def text_terms(self, words: Sequence[str], image: int) -> float:
+        """The terms a caption earns from its words alone: CIDEr-D, BLEU-4, fluency and hallucination."""
         reward = self.cider.score_prepared(words, self.prepared[image])
         if self.bleu_weight:
             reward += self.bleu_weight * sentence_bleu_prepared(words, self.bleu_prepared[image])
@@ -94,40 +122,32 @@ class Reward:
             reward -= self.hallucination_penalty
         return reward
 
+    def __call__(self, seqs: torch.Tensor, images: Sequence[int], feats: torch.Tensor, vocab: Vocabulary,
+                 per_image: int) -> torch.Tensor:
+        """Rewards [len(images), per_image] of `per_image` captions per image (ids [N * per_image, T], image by
+        image) of training images `images`, whose vectors `feats` are the batch's photos."""
+        text = [self.text_terms(vocab.decode(s), images[i // per_image]) for i, s in enumerate(seqs.tolist())]
+        scores = torch.tensor(text, device=feats.device).view(-1, per_image)
+        if self.discriminability_weight:
+            scores = scores + self.discriminability_weight * self_retrieval(self.retrieval, seqs, feats, per_image)
+        return scores
+
 
 def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], vocab: Vocabulary, reward: Reward,
-              cfg: TrainConfig, bans: WordBans, human: torch.Tensor | None = None,
-              retrieval: Retrieval | None = None) -> tuple[torch.Tensor, float]:
+              cfg: TrainConfig, bans: WordBans, human: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """Self-critical training on `reward` for training images `images` (their vectors `feats`); returns the
     loss and the samples' mean reward. Baseline: the greedy caption's reward (Rennie et al. 2017), or the mean
-    reward of the image's other samples (Luo 2020), which needs no extra decoding and, on Flickr8k here,
-    lifted val CIDEr-D where the greedy baseline stalled. Samples are drawn without autograd, then scored
-    in one teacher-forced pass under the same word bans. With `cfg.scst_xe_weight`, the cross-entropy of
-    `human` (one reference caption per image, padded ids with <start>) is added, so the policy cannot drift
-    from the language it was taught. With `cfg.scst_discriminability_weight` and a `retrieval` model, each
-    sample also earns that weight x log p(its photo | caption) among the batch's photos (`self_retrieval`)."""
+    reward of the image's other samples (Luo 2020), which needs no extra decoding. Samples are drawn without
+    autograd, then scored in one teacher-forced pass under the same word bans. With `cfg.scst_xe_weight`, the
+    cross-entropy of `human` (one reference caption per image, padded ids with <start>) is added, so the
+    policy cannot drift from the language it was taught."""
     k = cfg.scst_samples
     max_words = cfg.scst_max_words or cfg.max_caption_words
-    discriminate = bool(cfg.scst_discriminability_weight and retrieval is not None)
-
-    def discriminability(ids: torch.Tensor, per_image: int) -> torch.Tensor:  # [images, per_image]
-        return cfg.scst_discriminability_weight * self_retrieval(retrieval, ids, feats, per_image)
-
     seqs = scst_samples(decoder, feats, k, max_words, vocab, bans)
-    scores = torch.tensor([reward(vocab.decode(s), images[i // k]) for i, s in enumerate(seqs.tolist())],
-                          device=feats.device).view(-1, k)
-    if discriminate:
-        scores = scores + discriminability(seqs, k)
+    scores = reward(seqs, images, feats, vocab, k)
     greedy = None
     if cfg.scst_baseline == "greedy":
-        decoder.eval()
-        hyps = sequential_decode(decoder, feats, vocab.start_id, vocab.end_id, max_words, min_length=bans.min_length,
-                                 suppress_ids=bans.suppress, no_end_after=bans.no_end_after)
-        decoder.train()
-        greedy = torch.tensor([reward(vocab.decode(h.tokens), i) for h, i in zip(hyps, images)],
-                              device=feats.device)
-        if discriminate:
-            greedy = greedy + discriminability(caption_ids(hyps, vocab.end_id).to(feats.device), 1)[:, 0]
+        greedy = reward(greedy_captions(decoder, feats, max_words, vocab, bans), images, feats, vocab, 1)[:, 0]
     advantages = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
     loss = policy_gradient_loss(decoder, feats.repeat_interleave(k, 0), seqs, advantages, vocab.start_id, bans)
     if cfg.scst_xe_weight and human is not None:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -32,9 +30,10 @@ from tqdm import tqdm
 from captioner.checkpoint import atomic_write
 from captioner.checkpoint import load as load_checkpoint
 from captioner.checkpoint import save as save_checkpoint
-from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner.decoder import CaptionDecoder
 from captioner.encoders import create_encoder
-from captioner.model import Captioner, word_bans
+from captioner.decoding import WordBans
+from captioner.model import Captioner
 from captioner.options import DecodeOptions
 
 from . import config as config_mod
@@ -48,79 +47,10 @@ from .hallucination import chair
 from .metrics import CiderD, quick_scores
 from .report import write_model_card, write_plot
 from .retrieval import Retrieval, train_retrieval, val_self_retrieval
+from .runtime import Distributed, autocast, pick_device
 from .scst import Reward, scst_loss
 
 log = logging.getLogger("training")
-
-
-# -- setup ----------------------------------------------------------------------------------------
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast where the hardware runs bf16 natively (CUDA; CPUs with avx512_bf16 or AMX, ~1.8x faster
-    decoder steps on this machine's 2 cores); elsewhere a no-op, since emulated bf16 is slower than fp32."""
-    native = device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-class Distributed:
-    """torchrun's environment, or a single process."""
-
-    def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.enabled = self.world > 1
-        self.device = device
-        if self.enabled:
-            backend = "nccl" if device.type == "cuda" else "gloo"
-            if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-                torch.cuda.set_device(self.device)
-            torch.distributed.init_process_group(backend)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def broadcast_weights(self, module: torch.nn.Module) -> None:
-        """Rank 0's weights to every rank."""
-        if self.enabled:
-            for tensor in module.state_dict().values():
-                torch.distributed.broadcast(tensor, 0)
-
-    def share(self, count: int) -> float:
-        """world x this rank's fraction of `count` summed over ranks (1.0 in a single process)."""
-        if not self.enabled:
-            return 1.0
-        total = torch.tensor([float(count)], device=self.device)
-        torch.distributed.all_reduce(total)
-        return self.world * count / max(float(total), 1.0)
-
-    def check_in_sync(self, module: torch.nn.Module, label: str) -> str:
-        """A digest of `module`'s weights, logged per rank and compared across ranks: DDP replicas must stay
-        bit-identical, and one that drifted (an unsynchronised buffer, a rank-dependent step) stops the run."""
-        if not self.enabled:
-            return ""
-        digest = hashlib.sha256()
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-        text = digest.hexdigest()[:15]
-        log.info("rank %d %s weights %s", self.rank, label, text)
-        mine = torch.tensor([int(text, 16)], dtype=torch.long, device=self.device)
-        every = [torch.zeros_like(mine) for _ in range(self.world)]
-        torch.distributed.all_gather(every, mine)
-        if len({int(t) for t in every}) > 1:
-            raise RuntimeError(f"{label}: ranks hold different weights ({[f'{int(t):015x}' for t in every]})")
-        return text
 
 
 # -- cross-entropy ----------------------------------------------------------------------------------
@@ -156,10 +86,8 @@ def selection_score(scores: dict, disfluent_pct: float, cfg: TrainConfig, self_r
     corpus BLEU-4 standing in for the mean sentence BLEU-4): CIDEr-D, plus `scst_bleu_weight` x BLEU-4, minus
     `scst_disfluency_penalty` x the % of disfluent captions, minus `scst_hallucination_penalty` x the % naming
     an object no reference names (CHAIR_s), plus `scst_discriminability_weight` x the mean log p(own photo |
-    caption) (x100, `self_retrieval`). Plain CIDEr-D without those levers. On CIDEr-D
-    alone the levers' gains are invisible: a fp32 `make train` of configs/flickr8k.toml kept its cross-entropy
-    epoch (val CIDEr-D 54.8, BLEU-4 21.7; 4.2 % agreement errors) over its SCST epochs (52.5-54.0, BLEU-4 up
-    to 22.6)."""
+    caption) (x100, `self_retrieval`). Plain CIDEr-D without those levers, whose gains CIDEr-D alone does
+    not see (docs/experiments.md)."""
     return round(scores["CIDEr-D"] + cfg.scst_bleu_weight * scores["BLEU-4"]
                  - cfg.scst_disfluency_penalty * disfluent_pct - cfg.scst_hallucination_penalty * chair_s_pct
                  + cfg.scst_discriminability_weight * 100 * self_retrieval, 2)
@@ -176,9 +104,7 @@ def selection_rank(selection: float, disfluent_pct: float, cfg: TrainConfig) -> 
 # -- model and decoding -------------------------------------------------------------------------
 def build_decoder(cfg: TrainConfig, data: TrainingData, feature_dim: int) -> CaptionDecoder:
     """A fresh decoder (or one warm-started from `init_from`) that knows the training vectors' statistics."""
-    dcfg = DecoderConfig(vocab_size=len(data.vocab), feature_dim=feature_dim, cell=cfg.cell, embed_dim=cfg.embed_dim,
-                         hidden_dim=cfg.hidden_dim, num_layers=cfg.num_layers, dropout=cfg.dropout,
-                         conditioning=cfg.conditioning)
+    dcfg = dataclasses.replace(cfg.decoder, vocab_size=len(data.vocab), feature_dim=feature_dim)
     torch.manual_seed(cfg.seed)  # here, not earlier: a cache miss runs a DataLoader, which draws from the RNG
     decoder = CaptionDecoder(dcfg)
     decoder.set_feature_stats(data.train_feats.cpu())
@@ -226,7 +152,7 @@ class Trainer:
             self.model = torch.nn.parallel.DistributedDataParallel(self.decoder, device_ids=ids)
         self.options = shipped_options(cfg, self.data.no_end_after)
         v = self.data.vocab
-        self.bans = word_bans(v, self.options)  # SCST samples under the rule the model decodes with
+        self.bans = WordBans.for_vocab(v, self.options)  # SCST samples under the rule the model decodes with
         d = self.data
         grounding = fit_grounding(cfg, v, d.train, d.train_feats.cpu()).to(self.device)
         self.captioner = Captioner(self.encoder, self.decoder, v, d.preprocess, cfg.encoder,
@@ -309,9 +235,8 @@ class Trainer:
         beat its baseline."""
         cfg, dev, data = self.cfg, self.device, self.data
         if self.reward is None:
-            self.reward = Reward([r.captions for r in data.train], cfg.scst_bleu_weight, cfg.scst_disfluency_penalty,
-                                 cfg.scst_hallucination_penalty)
-        self._ensure_retrieval()
+            self._ensure_retrieval()
+            self.reward = Reward.from_config(cfg, [r.captions for r in data.train], self.retrieval)
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -324,7 +249,7 @@ class Trainer:
             human = data.one_caption_each(idx).to(dev) if cfg.scst_xe_weight else None
             with autocast(dev, cfg.amp):
                 loss, reward = scst_loss(self.decoder, data.train_feats[idx.to(dev)], idx.tolist(), data.vocab,
-                                         self.reward, cfg, self.bans, human, self.retrieval)
+                                         self.reward, cfg, self.bans, human)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.dist.enabled:  # SCST runs on the bare module (no DDP hooks), so average gradients by hand

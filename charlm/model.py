@@ -1,8 +1,8 @@
 """A character-level language model: one character in, a softmax over the next one out (the theory's first
-RNN system, before captioning). It shares the caption decoder's recurrent cells (`decoder.make_rnn`: the
-fused tanh RNN, LSTM or GRU whose single step the tests check against the textbook equations, LSTM forget
-bias 1), and its checkpoints follow the caption models' rules: one safetensors file, vocabulary and config
-inside, loading never runs code.
+RNN system, before captioning). It uses the captioner's recurrent core (`captioner.rnn.make_rnn`: the fused
+tanh RNN, LSTM or GRU whose single step the tests check against the textbook equations, LSTM forget bias
+1), and its checkpoints follow the caption models' rules: one safetensors file, vocabulary and config
+inside, read by `captioner.checkpoint.read_safetensors`, so loading never runs code.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write
-from .decoder import CELLS, make_rnn, traced_cell
+from captioner.checkpoint import CheckpointError, atomic_write, read_safetensors
+from captioner.decoding import filter_top_k_top_p
+from captioner.rnn import CELLS, make_rnn, traced_cell
 
 FORMAT = "captioner-charlm"
 FORMAT_VERSION = 1
@@ -53,11 +53,14 @@ class CharVocab:
 
 @dataclass
 class CharLMConfig:
-    vocab_size: int
+    """The model's shape, with the defaults training uses (its config holds one); `vocab_size` is the
+    training text's, set when training starts."""
+
+    vocab_size: int = 0
     cell: str = "lstm"
     hidden_dim: int = 512
-    num_layers: int = 2
-    dropout: float = 0.1
+    num_layers: int = 1
+    dropout: float = 0.0
     embed_dim: int = 0  # 0: one-hot input (as in the seed), else a learned embedding of this size
 
     def __post_init__(self):
@@ -70,6 +73,8 @@ class CharLMConfig:
 class CharLM(nn.Module):
     def __init__(self, cfg: CharLMConfig):
         super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError(f"a character model needs its vocab_size, got {cfg.vocab_size}")
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.embed_dim) if cfg.embed_dim else None
         input_dim = cfg.embed_dim or cfg.vocab_size
@@ -104,8 +109,6 @@ class CharLM(nn.Module):
                top_p: float = 1.0, seed: int | None = None) -> str:
         """Prime the state with `prime`, then draw `length` characters one at a time from
         softmax(logits / temperature), optionally within the top-k / top-p set."""
-        from .decoding import filter_top_k_top_p
-
         if not temperature > 0:
             raise ValueError("temperature must be > 0")
         gen = torch.Generator()
@@ -132,17 +135,7 @@ def save(path: str | Path, model: CharLM, vocab: CharVocab, metrics: dict | None
 
 def load(path: str | Path) -> tuple[CharLM, CharVocab, dict]:
     """(model in eval mode, vocabulary, metrics); CheckpointError naming the file for anything unusable."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
+    tensors, meta = read_safetensors(path)
     if meta.get("format") != FORMAT or meta.get("format_version") != str(FORMAT_VERSION):
         raise CheckpointError(f"{path}: not a character model checkpoint (format={meta.get('format')!r})")
     try:

@@ -1,8 +1,4 @@
-"""Train, sample and inspect a character-level language model with truncated backpropagation through time.
-
-    python -m training.charlm train [--text FILE] [--cell lstm|gru|rnn] [--minutes M] --out DIR [--resume]
-    python -m training.charlm sample --model DIR/model.safetensors [--length N] [--temperature T] [--prime S]
-    python -m training.charlm cells --model DIR/model.safetensors --text FILE --out page.html
+"""Train a character-level language model with truncated backpropagation through time.
 
 The text (default: the Python standard library's own source, tests excluded, files in sorted order) is cut
 into a training part and a held-out tail (the last 5 %). Training cuts the training part into B parallel
@@ -13,28 +9,24 @@ per character (bpc).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import math
-import sys
 import sysconfig
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from captioner.charlm import CharLM, CharLMConfig, CharVocab, load, save
-from captioner.checkpoint import CheckpointError, atomic_write
+from captioner.checkpoint import atomic_write
 
-from .config import add_field_arguments, given_fields
-from .interpret import cell_report, cells_page
+from .model import CharLM, CharLMConfig, CharVocab, load, save
 
-log = logging.getLogger("training.charlm")
+log = logging.getLogger("charlm")
 LN2 = math.log(2)
 
 
@@ -104,13 +96,9 @@ def bits_per_char(model: CharLM, ids: torch.Tensor, batch: int = 32, chunk: int 
 
 
 @dataclass
-class TrainConfig:
+class CharTrainConfig:
     text: str | None = None  # file; None: the Python standard library
-    cell: str = "lstm"
-    hidden_dim: int = 512
-    num_layers: int = 1
-    embed_dim: int = 0
-    dropout: float = 0.0
+    model: CharLMConfig = field(default_factory=CharLMConfig)  # --model.cell gru, --model.hidden-dim 256, ...
     batch_size: int = 64  # parallel streams
     bptt: int = 128  # T: characters per chunk (gradient horizon)
     lr: float = 2e-3
@@ -127,11 +115,17 @@ class TrainConfig:
     out: str = "runs/charlm"
     progress: bool = True
 
+    def __post_init__(self):
+        if isinstance(self.model, dict):  # as stored with a trained model's metrics
+            self.model = CharLMConfig(**self.model)
+        if self.model.vocab_size:
+            raise ValueError("model.vocab_size comes from the training text; leave it unset")
+
 
 class CharTrainer:
     """Truncated BPTT over B streams with exact resume (weights, optimiser, RNG, position, carried state)."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: CharTrainConfig):
         self.cfg, self.out = cfg, Path(cfg.out)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -146,15 +140,15 @@ class CharTrainer:
         if self.train.size(1) < cfg.bptt + 1:
             raise TextError(f"the text is too short: {len(train_text)} training characters make streams of "
                             f"{self.train.size(1)}, fewer than one chunk of {cfg.bptt + 1} (batch {cfg.batch_size})")
-        self.model = CharLM(CharLMConfig(len(self.vocab), cfg.cell, cfg.hidden_dim, cfg.num_layers, cfg.dropout,
-                                         cfg.embed_dim))
+        self.model = CharLM(dataclasses.replace(cfg.model, vocab_size=len(self.vocab)))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.carried = None
         self.state = {"step": 0, "position": 0, "epoch": 0, "seconds": 0.0, "chars": 0, "best": float("inf"),
                       "lr": cfg.lr, "history": []}
+        shape = self.model.cfg
         log.info("text: %d training characters in %d streams, %d held out; %d distinct characters; %s %dx%d, %d parameters",
-                 len(train_text), cfg.batch_size, len(self.val_text), len(self.vocab), cfg.cell, cfg.num_layers,
-                 cfg.hidden_dim, sum(p.numel() for p in self.model.parameters()))
+                 len(train_text), cfg.batch_size, len(self.val_text), len(self.vocab), shape.cell, shape.num_layers,
+                 shape.hidden_dim, sum(p.numel() for p in self.model.parameters()))
 
     def save_last(self) -> None:
         blob = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
@@ -251,69 +245,3 @@ class CharTrainer:
         save(self.out / "model.safetensors", model, self.vocab, metrics)
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
-
-
-# -- commands -------------------------------------------------------------------------------------
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    add_field_arguments(p, TrainConfig, dashes=True)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-
-
-def train_command(args) -> int:
-    cfg = TrainConfig(**given_fields(args, TrainConfig))
-    trainer = CharTrainer(cfg)
-    if args.resume:
-        trainer.resume()
-    trainer.fit()
-    metrics = trainer.finish()
-    print(f"wrote {trainer.out / 'model.safetensors'} ({metrics['chars_per_second']} characters/s in training)")
-    print(f"held-out bpc {metrics['val_bpc']:.3f}")
-    return 0
-
-
-def sample_command(args) -> int:
-    model, vocab, _ = load(args.model)
-    print(model.sample(vocab, args.length, args.prime, args.temperature, args.top_k, args.top_p, args.seed))
-    return 0
-
-
-def cells_command(args) -> int:
-    model, vocab, _ = load(args.model)
-    text = (read_text(args.text) if args.text else split_text(stdlib_text(), TrainConfig.held_out)[1])[: args.chars]
-    report = cell_report(model, vocab, text)
-    for prop, best in report["best"].items():
-        print(f"{prop:<16} cell {best['cell']:>4}  r = {best['r']:+.3f}")
-    Path(args.out).write_text(cells_page(text, report))
-    print(f"wrote {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.charlm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_train_args(sub.add_parser("train", help="train on a text file (default: the Python standard library)"))
-    s = sub.add_parser("sample", help="generate text")
-    s.add_argument("--model", default="runs/charlm/model.safetensors")
-    s.add_argument("--length", type=int, default=1000)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=0)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--prime", default="\n")
-    s.add_argument("--seed", type=int, default=None)
-    c = sub.add_parser("cells", help="find the cells that track quotes, comments, indentation, ...; write an HTML page")
-    c.add_argument("--model", default="runs/charlm/model.safetensors")
-    c.add_argument("--text", default=None, help="default: the Python standard library (its held-out tail)")
-    c.add_argument("--chars", type=int, default=20_000, help="characters of the text to analyse")
-    c.add_argument("--out", default="runs/charlm/cells.html")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        return {"train": train_command, "sample": sample_command, "cells": cells_command}[args.command](args)
-    except (TextError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ import html
 
 import torch
 
-from captioner.charlm import CharLM, CharVocab
+from .model import CharLM, CharVocab
 
 PROPERTIES = ("in_string", "in_comment", "indentation", "line_position", "bracket_depth")
 
