@@ -62,8 +62,10 @@ eval-imagenet: install
 ground: install
 	$(PY) -m training.grounding --model $(MODEL) $(TRAIN_ARGS) $(ARGS)
 
+# nginx in front of gunicorn (service/front.py), as in the Docker image; without nginx installed, gunicorn
+# alone, for development only (it says so).
 serve: install
-	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(VENV)/bin/gunicorn -c service/gunicorn.conf.py "service.app:create_app()"
+	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(PY) -m service.front
 
 bench: bench-decode bench-train bench-serve bench-charlm
 

@@ -31,4 +31,7 @@ compose up -d >/dev/null
 "$PYTHON" docker/scale_client.py --url "http://127.0.0.1:$BALANCER_PORT" --stats "http://127.0.0.1:$BALANCER_STATS_PORT/stats" \
   --metrics-cmd "$CONTAINER exec $SCALE_PREFIX-{n} python -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8000/metrics').read().decode())\"" \
   --kill-cmd "$CONTAINER kill $SCALE_PREFIX-2" || { compose logs --tail 20 >&2 || true; exit 1; }
+# Slow clients against the balancer (tests/abuse.py): HAProxy and the surviving replica's nginx hold them off.
+"$PYTHON" -m tests.abuse --url "http://127.0.0.1:$BALANCER_PORT" --slow 64 --deadline 15 \
+  || { compose logs --tail 20 >&2 || true; exit 1; }
 echo "scale test took $(( $(date +%s) - start )) s"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build-independent smoke test of a captioner image: start it on a loopback port, wait for /readyz,
-# caption a real photo, check a bad input gets 415, check it runs as non-root, stop it with SIGTERM.
+# caption a real photo, check a bad input gets 415, hold off slow clients, check it runs as non-root, stop
+# it with SIGTERM.
 # Fails loudly on any step.  Usage: CONTAINER=docker IMAGE=captioner:latest docker/smoke-test.sh
 set -euo pipefail
 CONTAINER=${CONTAINER:-docker}
@@ -37,6 +38,15 @@ code=$(curl -s -o /tmp/smoke-bad.json -w '%{http_code}' -H 'Content-Type: image/
 [ "$code" = 415 ] || fail "bad input got HTTP $code, expected 415"
 grep -q '"code"' /tmp/smoke-bad.json || fail "error body is not the JSON error format"
 echo "bad input: HTTP $code"
+
+# Slow and abusive clients (tests/abuse.py): 64 connections stalled in their headers and 64 in their bodies
+# (a normal request answered within 2 s, the stalled ones closed within 15 s), the other abusive inputs (a
+# 4xx or a close each), 1,000 idle keep-alive connections; the container's memory before and after.
+rss() { $CONTAINER exec "$NAME" python -c "import glob
+print(sum(int(l.split()[1]) for f in glob.glob('/proc/[0-9]*/status') for l in open(f) if l.startswith('VmRSS:')) // 1024)"; }
+before=$(rss)
+python3 -m tests.abuse --url "$URL" --slow 64 --deadline 15 --abusive --idle 1000 || fail "slow or abusive clients were not contained"
+echo "container RSS (all processes): $before MB before the slow clients, $(rss) MB after"
 
 uid=$($CONTAINER exec "$NAME" id -u)
 [ "$uid" != 0 ] || fail "container runs as root"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, jsonify
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger("captioner.service")
@@ -29,7 +29,11 @@ def _http_error(exc: HTTPException):
     code = (exc.name or "error").lower().replace(" ", "_")
     message = exc.description or exc.name
     if exc.code == 413:
-        message = f"request body is over the {current_app.config['MAX_CONTENT_LENGTH'] / 2**20:g} MB limit"
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        if (request.content_length or 0) <= limit:  # within the size: werkzeug's cap on form parts
+            message = f"the form has more than {request.max_form_parts} parts"
+        else:
+            message = f"request body is over the {limit / 2**20:g} MB limit"
     return error_response(exc.code or 500, code, message)
 
 

@@ -1,5 +1,6 @@
-"""The real service as a child process: gunicorn serving the app on a free loopback port, ready when the
-`with` block starts and stopped (SIGTERM, then SIGKILL) when it ends.
+"""The real service as a child process: gunicorn serving the app on a free loopback port (alone, or behind
+its nginx front: `service.front`), ready when the `with` block starts and stopped (SIGTERM, then SIGKILL)
+when it ends.
 
 Used by the real-server tests and by `make bench-serve`, so both start, wait for and stop it the same way.
 """
@@ -25,15 +26,18 @@ def free_port() -> int:
 
 
 class GunicornServer:
-    """`with GunicornServer(model) as srv:` -> srv.url answers /readyz 200 inside the block; SIGTERM after."""
+    """`with GunicornServer(model) as srv:` -> srv.url answers /readyz 200 inside the block; SIGTERM after.
+    With `front`, the way it is deployed: nginx on the port, gunicorn behind it (needs nginx installed)."""
 
-    def __init__(self, model_path: str | Path, env: dict[str, str] | None = None, ready_timeout: float = 120):
-        self.port = free_port()
+    def __init__(self, model_path: str | Path, env: dict[str, str] | None = None, ready_timeout: float = 120,
+                 front: bool = False):
+        self.port, self.front = free_port(), front
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CAPTIONER_MODEL": str(model_path), "PORT": str(self.port), "CAPTIONER_BIND": "127.0.0.1",
                "CAPTIONER_WORKERS": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "service/gunicorn.conf.py",
-                                      "service.app:create_app()"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        command = ["-m", "service.front"] if front else ["-m", "gunicorn", "-c", "service/gunicorn.conf.py",
+                                                         "service.app:create_app()"]
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(ready_timeout)
@@ -57,16 +61,15 @@ class GunicornServer:
 
     def workers(self) -> list[int]:
         """The pids of gunicorn's worker processes: a changed list means a worker died and was replaced."""
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit():
-                try:
-                    stat = Path(f"/proc/{pid}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid:
-                    out.append(int(pid))
-        return sorted(out)
+        master = self.proc.pid
+        if self.front:  # the front's child running gunicorn
+            master = next((pid for pid in _children(master) if b"gunicorn" in _cmdline(pid)), -1)
+        return _children(master)
+
+    def nginx(self) -> list[int]:
+        """The pids of the front's nginx processes (master and workers); [] without a front."""
+        found = [pid for pid in _children(self.proc.pid) if _cmdline(pid).startswith(b"nginx")] if self.front else []
+        return found + [w for pid in found for w in _children(pid)]
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -80,3 +83,23 @@ class GunicornServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _children(parent: int) -> list[int]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(pid))
+    return sorted(out)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -11,11 +11,32 @@ from collections.abc import Callable
 
 from flask import Flask, g, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+
+from .front import read_counts
+
+
+class FrontCollector:
+    """The answers the front (nginx, `service.front`) gave without a worker, by status: 408 stalled clients
+    (connection closed), 400 malformed or oversized headers, 413 bodies over the limit, 429 too many requests
+    from one address. Read from the front's counts file at each scrape."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def collect(self):
+        family = CounterMetricFamily("captioner_front_rejected", "Requests the front answered or closed itself, "
+                                     "by status", labels=["status"])
+        for status, count in sorted(read_counts(self.path).items()):
+            family.add_metric([status], count)
+        yield family
 
 
 class ServiceMetrics:
-    def __init__(self):
+    def __init__(self, front_stats: str = ""):
         self.registry = CollectorRegistry()
+        if front_stats:
+            self.registry.register(FrontCollector(front_stats))
         self.requests = Counter("captioner_requests_total", "HTTP requests by endpoint and status",
                                 ["endpoint", "status"], registry=self.registry)
         self.latency = Histogram("captioner_request_latency_seconds", "Request latency by endpoint", ["endpoint"],

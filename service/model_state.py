@@ -36,7 +36,7 @@ class ServiceState:
     def load(self, model: Captioner | None = None) -> None:
         t0 = time.perf_counter()
         try:
-            model = model or load(self.settings.model_path)
+            model = model or load(self.settings.resolved_model_path())
             self.batcher = Batcher(model, self.settings.batch_wait_ms, self.settings.max_batch,
                                    on_batch=self.metrics.batch_size.observe)
             self.model = model
@@ -44,18 +44,18 @@ class ServiceState:
             self.batcher.submit(model.preprocess(warm), model.default_options, timeout=120)
         except Exception as exc:  # stay up and say why on /readyz instead of crash-looping
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.exception("model failed to load from %s", self.settings.model_path)
+            log.exception("model failed to load from %s", self.settings.resolved_model_path())
             return
         self.load_seconds = time.perf_counter() - t0
         self.metrics.model_load.set(self.load_seconds)
         self.metrics.ready.set(1)
         self.ready = True
-        log.info("model %s loaded and warm in %.2f s", self.settings.model_path, self.load_seconds)
+        log.info("model %s loaded and warm in %.2f s", self.settings.resolved_model_path(), self.load_seconds)
 
 
 def init_app(app: Flask, settings: Settings, model: Captioner | None = None, load_in_background: bool = False) -> None:
     """Attach a ServiceState; load `model` or the one settings name, now or in a background thread."""
-    st = ServiceState(settings, ServiceMetrics())
+    st = ServiceState(settings, ServiceMetrics(settings.front_stats))
     app.extensions[EXTENSION] = st
     if model is not None:
         st.load(model)

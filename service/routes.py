@@ -77,7 +77,7 @@ def captions():
         raise ApiError(422, "invalid_option", str(exc)) from None
     t1 = time.perf_counter()
     try:
-        image = st.model.preprocess(data, max_pixels=st.settings.max_pixels)
+        image = st.model.preprocess(data, max_pixels=st.settings.resolved_max_pixels())
     except ImageTooLarge as exc:
         raise ApiError(413, "image_too_large", str(exc)) from None
     except ImageError as exc:
@@ -103,7 +103,7 @@ def captions():
 
 
 def model_summary(st: ServiceState) -> dict:
-    return {"name": Path(st.settings.model_path).stem, "checkpoint_sha256": st.model.checkpoint_sha256}
+    return {"name": Path(st.settings.resolved_model_path()).stem, "checkpoint_sha256": st.model.checkpoint_sha256}
 
 
 @bp.get("/v1/model")
