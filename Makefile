@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve bench-bulk \
         docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
@@ -67,7 +67,7 @@ ground: install
 serve: install
 	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(PY) -m service.front
 
-bench: bench-decode bench-train bench-serve bench-charlm
+bench: bench-decode bench-train bench-serve bench-charlm bench-bulk
 
 bench-decode: install
 	$(PY) -m bench.decode $(ARGS)
@@ -80,6 +80,9 @@ bench-serve: install
 
 bench-charlm: install
 	$(PY) -m bench.charlm $(ARGS)
+
+bench-bulk: install
+	$(PY) -m bench.bulk $(ARGS)
 
 docker-build:
 	$(CONTAINER) build $(CONTAINER_BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .

@@ -98,6 +98,58 @@ def load(port: int, bodies: list[tuple[str, bytes, str]], clients: int, time_lim
     return results, time.perf_counter() - t0
 
 
+def closed_loop(port: int, photo: bytes, clients: int, seconds: float) -> tuple[list[tuple[int, float]], float]:
+    """`clients` threads posting `photo` for `seconds`, each waiting for its answer and, after a 503, for its
+    Retry-After (as a well-behaved client does): (status, seconds) per request, and the wall time."""
+    results, lock, deadline = [], threading.Lock(), time.time() + seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.time() < deadline:
+            t0 = time.perf_counter()
+            try:
+                conn.request("POST", "/v1/captions", body=photo, headers={"Content-Type": "image/jpeg"})
+                resp = conn.getresponse()
+                resp.read()
+                status, wait = resp.status, float(resp.getheader("Retry-After") or 0)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn, status, wait = http.client.HTTPConnection("127.0.0.1", port, timeout=60), 0, 0.0
+            with lock:
+                results.append((status, time.perf_counter() - t0))
+            time.sleep(wait if status == 503 else 0)
+        conn.close()
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.perf_counter() - t0
+
+
+def overload(model_path: str, photo: bytes, seconds: float) -> None:
+    """One worker behind its front, 8 clients then 128 for `seconds` each: admitted requests' p99 and
+    throughput against the 8-client run, and how fast the refused ones are told (503 + Retry-After)."""
+    srv = Server(model_path, 5.0, threads=8, front=True)
+    try:
+        closed_loop(srv.port, photo, 8, 5)  # warm-up
+        runs = {n: closed_loop(srv.port, photo, n, seconds) for n in (8, 128)}
+    finally:
+        srv.stop()
+    for n, (results, secs) in runs.items():
+        ok = [t for code, t in results if code == 200]
+        refused = [t for code, t in results if code == 503]
+        others = len(results) - len(ok) - len(refused)
+        print(f"overload, {n:>3} clients, {secs:.0f} s: {len(ok) / secs:5.1f} req/s served, p50/p99 {pct(ok, 50):.0f}/"
+              f"{pct(ok, 99):.0f} ms; {len(refused)} refused (503), p99 {pct(refused, 99) if refused else 0:.0f} ms; "
+              f"{others} other errors")
+    (ok8, s8), (ok128, s128) = [([t for c, t in r if c == 200], s) for r, s in runs.values()]
+    print(f"overload ratios, 128 vs 8 clients: throughput {len(ok128) / s128 / (len(ok8) / s8):.2f}x, "
+          f"admitted p99 {pct(ok128, 99) / pct(ok8, 99):.2f}x")
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else values[0] * 1000
 
@@ -111,6 +163,7 @@ def main() -> None:
     p.add_argument("--soak-rounds", type=int, default=4)
     p.add_argument("--time-limit", type=float, default=600)
     p.add_argument("--skip-soak", action="store_true", help="throughput and overhead only")
+    p.add_argument("--overload-seconds", type=float, default=30, help="per run of the overload test (0: skip)")
     args = p.parse_args()
     model, model_path = load_or_build(args.model)
     if not Path(model_path).is_file():
@@ -154,6 +207,8 @@ def main() -> None:
     print(f"explain=true (7x7 occlusion, n_best 1): {1000 * explained:.0f} ms vs plain {1000 * single:.1f} ms "
           f"({explained / single:.1f}x); plain again after explain requests: {1000 * plain_again:.1f} ms")
 
+    if args.overload_seconds and _front.nginx_path():
+        overload(model_path, photos[0], args.overload_seconds)
     if args.skip_soak:
         return
     rng = random.Random(0)

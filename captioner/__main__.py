@@ -1,5 +1,6 @@
-"""Command line: `python -m captioner caption [--model PATH] [--beam-size K ...] IMAGE...`; the decoding flags
-come from `DecodeOptions`, and those not given keep the model's own defaults."""
+"""Command line: `python -m captioner caption [--model PATH] [--beam-size K ...] IMAGE|DIR|GLOB...
+[--out FILE.jsonl [--resume]]`; the decoding flags come from `DecodeOptions`, and those not given keep the
+model's own defaults."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from .bulk import caption_library, expand, photo_record
 from .checkpoint import CheckpointError
 from .model import default_model_path, load
 from .options import add_arguments, from_arguments
@@ -16,19 +18,33 @@ from .explain import explanation_page
 from .preprocess import ImageError, load_image
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m captioner")
     sub = parser.add_subparsers(dest="command", required=True)
-    cap = sub.add_parser("caption", help="caption image files")
-    cap.add_argument("images", nargs="+", metavar="IMAGE")
+    cap = sub.add_parser("caption", help="caption image files, folders (recursively) or globs")
+    cap.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
     add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")
     cap.add_argument("--explain", action="store_true", help="each word with its probability, entropy and alternatives")
     cap.add_argument("--explain-html", metavar="OUT.html", help="write a self-contained page: photos, words coloured "
                      "by probability, each word's saliency over the photo, the decoder's cell traces")
+    cap.add_argument("--out", metavar="FILE.jsonl", help="a whole library: one JSON line per photo written to FILE "
+                     "as it completes, photos read by worker processes, in batches")
+    cap.add_argument("--resume", action="store_true", help="with --out: skip the photos FILE already holds")
+    cap.add_argument("--batch-size", type=int, default=16, help="with --out: photos per encoder batch")
+    cap.add_argument("--workers", type=int, default=2, help="with --out: processes reading photos")
+    cap.add_argument("--no-progress", action="store_true", help="with --out: no progress bar")
     args = parser.parse_args(argv)
+    if args.out and (args.explain or args.explain_html):
+        parser.error("--out writes captions only; --explain and --explain-html are for a few photos")
+    if args.batch_size < 1 or args.workers < 0:
+        parser.error("--batch-size must be at least 1 and --workers at least 0")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
         model = load(args.model)
     except (FileNotFoundError, CheckpointError) as exc:
@@ -39,33 +55,54 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    paths = expand(args.images)
+    if args.out:
+        return caption_to_file(model, paths, options, args)
+    return caption_and_print(model, paths, options, args)
+
+
+def caption_to_file(model, paths: list[str], options, args) -> int:
+    try:
+        summary = caption_library(model, paths, Path(args.out), options, resume=args.resume,
+                                  batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {summary.line()}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def caption_and_print(model, paths: list[str], options, args) -> int:
     explain = args.explain or bool(args.explain_html)
     status, pages = 0, []
-    for path in args.images:
+    for path in paths:
         try:
             captions = model.caption([path], options, explain=explain)[0]
         except (FileNotFoundError, ImageError, ValueError) as exc:
             print(f"error: {path}: {exc}", file=sys.stderr)
             status = 1
             continue
-        image = captions[0].image
         if args.json:
-            print(json.dumps({"image": path, "captions": [c.to_dict() for c in captions],
-                              "grounding": image.to_dict() if image is not None else None}))
+            print(json.dumps(photo_record(path, captions)))
         else:
-            if image is not None and image.low_confidence:
-                print(f"{path}\tlow confidence: {image.alt_text(captions[0].text)}")
-            for c in captions:
-                evidence = "\t" + ", ".join(f"{e.word} {e.prob:.2f}" for e in c.evidence) if c.evidence else ""
-                print(f"{path}\t{c.text}\t{c.log_prob:.3f}{evidence}")
-                if args.explain:
-                    print_explanation(c)
+            print_captions(path, captions, args.explain)
         if args.explain_html:
             pages.append((path, photo_jpeg(path), [c.to_dict() for c in captions]))
     if args.explain_html and pages:
         Path(args.explain_html).write_text(explanation_page(pages, model.preprocess_cfg.resize))
         print(f"wrote {args.explain_html}", file=sys.stderr)
     return status
+
+
+def print_captions(path: str, captions, explain: bool) -> None:
+    image = captions[0].image
+    if image is not None and image.low_confidence:
+        print(f"{path}\tlow confidence: {image.alt_text(captions[0].text)}")
+    for c in captions:
+        evidence = "\t" + ", ".join(f"{e.word} {e.prob:.2f}" for e in c.evidence) if c.evidence else ""
+        print(f"{path}\t{c.text}\t{c.log_prob:.3f}{evidence}")
+        if explain:
+            print_explanation(c)
 
 
 def print_explanation(caption) -> None:

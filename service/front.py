@@ -7,7 +7,10 @@ byte at a time, holds a thread for as long as it likes: a dozen such sockets sto
 request whole first (headers within `header_timeout_s`, the body with pauses of at most `body_timeout_s`,
 buffered to disk past 1 MB, at most `max_body_mb`), answers what breaks a limit itself (408 or a closed
 connection, 400, 413, 429, each as the service's JSON error), and hands gunicorn, on a unix socket, only
-complete requests. nginx is event-driven, so a thousand idle sockets cost it memory, not threads.
+complete requests. nginx is event-driven, so a thousand idle sockets cost it memory, not threads. It also
+hands gunicorn at most `max_inflight` requests at once and answers the rest at once with 503 and
+`Retry-After`, so overload is refused in milliseconds instead of queued without end (health checks and
+metrics excepted: a busy replica is not a dead one).
 
 This process starts both, echoes nginx's access log (one JSON line per request), counts the answers nginx
 gave on its own by status into `front_stats` (a small JSON file the workers' /metrics reads), forwards
@@ -43,7 +46,7 @@ FRONT_ERRORS = {
     494: (400, "headers_too_large", "the request's headers are over {max_header_kb} KB"),
     413: (413, "payload_too_large", "request body is over the {max_body_mb:g} MB limit"),
     429: (429, "too_many_connections", "too many requests in flight from this address"),
-    502: (503, "not_ready", "the service is starting or restarting; retry shortly"),
+    502: (503, "unavailable", "the service is at capacity, or starting; retry after the Retry-After seconds"),
     504: (503, "timeout", "the service did not answer in time"),
 }
 
@@ -55,8 +58,8 @@ def _error_body(code: str, message: str) -> str:
 def nginx_config(s: Settings, workdir: Path, upstream: Path) -> str:
     """nginx.conf for the settings' limits, with every path it writes under `workdir` (read-only root)."""
     errors = "\n".join(
-        f"        error_page {status} /.front/{status};\n        location = /.front/{status} {{ internal; "
-        f"default_type application/json; return {sent} "
+        f"        error_page {status} ={sent} /.front/{status};\n        location = /.front/{status} {{ internal; "
+        f"default_type application/json; {'add_header Retry-After 1 always; ' if sent == 503 else ''}return {sent} "
         f"'{_error_body(code, message.format(max_body_mb=s.max_body_mb, max_header_kb=s.max_header_kb))}'; }}"
         for status, (sent, code, message) in FRONT_ERRORS.items())
     temp = "\n".join(f"    {kind}_temp_path {workdir / kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -83,21 +86,20 @@ http {{
     limit_conn_zone $binary_remote_addr zone=per_client:4m;
     limit_conn per_client {s.max_conns_per_client};
     limit_conn_status 429;
-    upstream gunicorn {{ server unix:{upstream}; keepalive 16; }}
+    upstream gunicorn {{ server unix:{upstream} max_conns={s.resolved_max_inflight()}; keepalive 16; }}
+    upstream gunicorn_probes {{ server unix:{upstream}; }}  # health and metrics: never refused at capacity
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_request_buffering on;
+    proxy_connect_timeout 5s;
+    proxy_read_timeout {s.gunicorn_timeout_s}s;
     server {{
         listen {s.bind}:{s.port} backlog=1024;
 {errors}
-        location / {{
-            proxy_pass http://gunicorn;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_request_buffering on;
-            proxy_connect_timeout 5s;
-            proxy_read_timeout {s.gunicorn_timeout_s}s;
-            proxy_intercept_errors off;
-        }}
+        location / {{ proxy_pass http://gunicorn; }}
+        location ~ ^/(healthz|readyz|metrics)$ {{ proxy_pass http://gunicorn_probes; }}
     }}
 }}
 """

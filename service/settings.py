@@ -37,6 +37,7 @@ class Settings:
     max_header_kb: int = 16  # request line and headers together at most (4 buffers of this size)
     max_conns_per_client: int = 256  # requests in flight from one address (slow ones too); more get 429
     keepalive_timeout_s: float = 15.0  # an idle keep-alive connection is closed after this
+    max_inflight: int = 0  # requests handed to gunicorn at once, more get 503 + Retry-After (0: 1.5 x workers x threads)
     front_stats: str = ""  # where the front writes its counts for /metrics (set by service.front)
 
     ENV_PREFIX = "CAPTIONER_"
@@ -59,6 +60,11 @@ class Settings:
             except ValueError:
                 raise ValueError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
         return cls(**values)
+
+    def resolved_max_inflight(self) -> int:
+        """Every request thread busy, and half as many again waiting for one: a thread that frees up never
+        waits for a refused client to come back, and no request waits behind more than a round of others."""
+        return self.max_inflight or (3 * self.workers * self.threads + 1) // 2
 
     def resolved_torch_threads(self) -> int:
         return self.torch_threads or max(1, _cores() // max(1, self.workers))

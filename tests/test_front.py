@@ -51,7 +51,7 @@ def test_the_rendered_config_is_valid_nginx(tmp_path):
 @pytest.fixture(scope="module")
 def front():
     env = {"CAPTIONER_HEADER_TIMEOUT_S": str(DEADLINE), "CAPTIONER_BODY_TIMEOUT_S": str(DEADLINE),
-           "CAPTIONER_KEEPALIVE_TIMEOUT_S": str(DEADLINE), "CAPTIONER_THREADS": "4"}
+           "CAPTIONER_KEEPALIVE_TIMEOUT_S": str(DEADLINE), "CAPTIONER_THREADS": "4", "CAPTIONER_MAX_INFLIGHT": "4"}
     with GunicornServer(default_model_path(), env, ready_timeout=90, front=True) as srv:
         yield srv
 
@@ -92,6 +92,43 @@ def test_idle_keepalive_connections_cost_no_thread(front):
     status, seconds = abuse.caption(front.url, PHOTO)
     assert status == 200 and seconds < 2
     assert None not in abuse.seconds_until_closed(idle, DEADLINE + 5)  # keepalive_timeout closes them
+
+
+@needs_nginx
+@pytest.mark.slow
+def test_overload_is_refused_at_once_with_retry_after(front):
+    """More requests at once than the front hands gunicorn (4 here): the rest get 503 with Retry-After in
+    milliseconds, the admitted ones their captions, nothing else; a health check meanwhile is answered (a
+    busy replica is not a dead one)."""
+    import http.client
+    import threading
+    import urllib.request
+
+    answers, lock = [], threading.Lock()
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", front.port, timeout=60)
+        t0 = time.perf_counter()
+        conn.request("POST", "/v1/captions", body=PHOTO, headers={"Content-Type": "image/jpeg"})
+        resp = conn.getresponse()
+        body = resp.read()
+        with lock:
+            answers.append((resp.status, time.perf_counter() - t0, resp.getheader("Retry-After"), body))
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(24)]
+    for t in threads:
+        t.start()
+    time.sleep(0.05)
+    with urllib.request.urlopen(front.url + "/healthz", timeout=30) as r:
+        assert r.status == 200
+    for t in threads:
+        t.join()
+    refused = [a for a in answers if a[0] == 503]
+    assert {a[0] for a in answers} == {200, 503} and len(refused) >= 8, [a[:3] for a in answers]
+    assert all(a[2] == "1" and json.loads(a[3])["error"]["code"] == "unavailable" for a in refused)
+    assert max(a[1] for a in refused) < 1.0  # told at once, not after a queue
+    assert abuse.caption(front.url, PHOTO)[0] == 200
 
 
 def read_counts_over_http(url: str) -> dict[str, int]:

@@ -1,0 +1,161 @@
+"""Caption a whole photo library: folders, globs and files in, one JSON line per photo out.
+
+    python -m captioner caption ~/Pictures 'scans/*.png' --out captions.jsonl [--resume] [--batch-size 16]
+
+Photos are read and preprocessed in worker processes while the encoder runs on the batch before, the
+results are written (and flushed) one line per photo as each batch completes, and `--resume` skips the
+photos already in the file, so an interrupted run continues where it stopped and never writes a photo
+twice. A file that cannot be read gets an `{"image", "error"}` line and the run goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .model import Caption, Captioner
+from .options import DecodeOptions
+from .preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def expand(inputs: Sequence[str]) -> list[str]:
+    """Files as given; a folder's images (recursively, by suffix); a glob's matches. Sorted within each input,
+    duplicates dropped, so a run's order (and what --resume skips) is fixed."""
+    found, seen = [], set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(str(p) for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif glob.has_magic(item):
+            matches = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+        else:
+            matches = [item]
+        for match in matches:
+            if match not in seen:
+                seen.add(match)
+                found.append(match)
+    return found
+
+
+class Photos(Dataset):
+    """Each photo preprocessed in a worker: (index, tensor or None, error message or None)."""
+
+    def __init__(self, paths: Sequence[str], cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.paths, self.cfg, self.max_pixels = list(paths), cfg, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, preprocess(self.paths[i], self.cfg, self.max_pixels), None
+        except (OSError, ImageError, ValueError) as exc:
+            return i, None, str(exc) or type(exc).__name__
+
+
+def _keep_failures(items):
+    return items  # a batch stays a list: failed photos have no tensor to stack
+
+
+def done_images(out: Path) -> set[str]:
+    """The photos `out` already holds. A last line cut short by a crash is removed from the file first, so
+    appending never leaves a broken line behind."""
+    if not out.exists():
+        return set()
+    data = out.read_bytes()
+    if data and not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+        out.write_bytes(data)
+    return {json.loads(line)["image"] for line in data.decode().splitlines() if line.strip()}
+
+
+@dataclass
+class Summary:
+    captioned: int = 0
+    failed: int = 0
+    skipped: int = 0  # already in the output (--resume)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        rate = self.captioned / self.seconds if self.seconds else 0.0
+        return (f"{self.captioned} captioned, {self.failed} unreadable, {self.skipped} already done; "
+                f"{self.seconds:.1f} s ({rate:.1f} photos/s)")
+
+
+def batches(model: Captioner, paths: Sequence[str], batch_size: int, workers: int) -> Iterator[list]:
+    loader = DataLoader(Photos(paths, model.preprocess_cfg), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_failures, prefetch_factor=2 if workers else None,
+                        persistent_workers=False)
+    yield from loader
+
+
+def caption_library(model: Captioner, paths: Sequence[str], out: Path, options: DecodeOptions, *,
+                    resume: bool = False, batch_size: int = 16, workers: int = 2, progress: bool = True) -> Summary:
+    """Caption every photo of `paths` not yet in `out` into it, one JSON line each, batch by batch."""
+    if out.exists() and not resume:
+        raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
+    done = done_images(out) if resume else set()
+    todo = [p for p in paths if p not in done]
+    summary, started = Summary(skipped=len(paths) - len(todo)), time.perf_counter()
+    bar = _progress(len(todo), progress)
+    with open(out, "a", encoding="utf-8") as f:
+        for batch in batches(model, todo, batch_size, workers) if todo else []:
+            for line in _caption_batch(model, [todo[i] for i, _, _ in batch], batch, options, summary):
+                f.write(json.dumps(line) + "\n")
+            f.flush()
+            bar.update(len(batch))
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _caption_batch(model: Captioner, names: list[str], batch: list, options: DecodeOptions, summary: Summary) -> list[dict]:
+    ok = [(name, tensor) for name, (_, tensor, _) in zip(names, batch) if tensor is not None]
+    captions = model.decode(model.encode(torch.stack([t for _, t in ok])), options) if ok else []
+    by_name = {name: caps for (name, _), caps in zip(ok, captions)}
+    lines = []
+    for name, (_, tensor, error) in zip(names, batch):
+        if tensor is None:
+            print(f"error: {name}: {error}", file=sys.stderr)
+            summary.failed += 1
+            lines.append({"image": name, "error": error})
+            continue
+        summary.captioned += 1
+        lines.append(photo_record(name, by_name[name]))
+    return lines
+
+
+def photo_record(name: str, captions: list[Caption]) -> dict:
+    """One photo's JSON line: its captions, best first, and its grounding evidence."""
+    image = captions[0].image
+    return {"image": name, "captions": [c.to_dict() for c in captions],
+            "grounding": image.to_dict() if image is not None else None}
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar on stderr when tqdm is installed (it is not in the serving image)."""
+    if not enabled:
+        return _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar()
+    return tqdm(total=total, unit="photo", desc="captioning")

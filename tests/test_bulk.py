@@ -1,0 +1,66 @@
+"""A whole photo library from the command line: folders and globs in, one JSON line per photo out, broken
+files reported and skipped, and --resume that continues a cut-off run without writing any photo twice."""
+
+import json
+import shutil
+
+import pytest
+
+import captioner
+from captioner.__main__ import main as cli_main
+from captioner.bulk import expand
+
+from .conftest import FIXTURES
+
+PHOTOS = ["chelsea.jpg", "coffee.jpg", "imagenet-labrador.jpg"]
+
+
+@pytest.fixture
+def library(tmp_path):
+    root = tmp_path / "library"
+    (root / "trip").mkdir(parents=True)
+    shutil.copy(FIXTURES / PHOTOS[0], root / PHOTOS[0])
+    shutil.copy(FIXTURES / PHOTOS[1], root / "trip" / PHOTOS[1])
+    (root / "trip" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (root / "notes.txt").write_text("not a photo")
+    return root
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_expand_takes_folders_globs_and_files_once_each(library):
+    found = expand([str(library), str(library / "*.jpg"), str(library / PHOTOS[0])])
+    assert found == sorted([str(library / PHOTOS[0]), str(library / "trip" / PHOTOS[1]),
+                            str(library / "trip" / "broken.jpg")])  # notes.txt is not an image
+
+
+@pytest.mark.slow
+def test_a_folder_is_captioned_line_by_line_and_a_broken_photo_skipped(library, tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    assert cli_main(["caption", str(library), "--out", str(out), "--batch-size", "2", "--workers", "2",
+                     "--no-progress"]) == 1  # one photo could not be read
+    got = {line["image"]: line for line in lines(out)}
+    assert set(got) == set(expand([str(library)]))
+    assert "not a decodable image" in got[str(library / "trip" / "broken.jpg")]["error"]
+    assert "broken.jpg" in capsys.readouterr().err
+    model = captioner.load()  # batched in the library run, alone here: the same captions
+    for name in (library / PHOTOS[0], library / "trip" / PHOTOS[1]):
+        assert got[str(name)]["captions"][0]["text"] == model.caption(name)[0][0].text
+        assert "grounding" in got[str(name)]
+    assert cli_main(["caption", str(library), "--out", str(out)]) == 2  # never overwritten without --resume
+    assert len(lines(out)) == 3
+
+
+@pytest.mark.slow
+def test_resume_continues_a_cut_off_run_without_duplicates(library, tmp_path):
+    out = tmp_path / "captions.jsonl"
+    cli_main(["caption", str(library), "--out", str(out), "--workers", "0", "--no-progress"])
+    first = out.read_text().splitlines()
+    out.write_text("\n".join(first[:-1]) + "\n" + first[-1][:25])  # a crash in the middle of the last line
+    shutil.copy(FIXTURES / PHOTOS[2], library / PHOTOS[2])  # and a photo added since
+    assert cli_main(["caption", str(library), "--out", str(out), "--resume", "--workers", "0", "--no-progress"]) == 0
+    images = [line["image"] for line in lines(out)]  # every line is whole JSON again
+    assert sorted(images) == sorted(set(images)) == sorted(expand([str(library)]))
+    assert out.read_text().splitlines()[: len(first) - 1] == first[:-1]  # what was written stays as it was
