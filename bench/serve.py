@@ -69,6 +69,17 @@ def request(port: int, method: str, path: str, body: bytes | None = None, ctype:
     return status, time.perf_counter() - t0
 
 
+def run_clients(client, clients: int) -> float:
+    """Run `client` in `clients` threads until all return; the wall time."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def load(port: int, bodies: list[tuple[str, bytes, str]], clients: int, time_limit: float) -> tuple[list, float]:
     """Send every body once, spread over `clients` threads with keep-alive connections."""
     results, lock, queue = [], threading.Lock(), list(enumerate(bodies))
@@ -89,13 +100,7 @@ def load(port: int, bodies: list[tuple[str, bytes, str]], clients: int, time_lim
                 results.append((status, secs))
         conn.close()
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - t0
+    return results, run_clients(client, clients)
 
 
 def closed_loop(port: int, photo: bytes, clients: int, seconds: float) -> tuple[list[tuple[int, float]], float]:
@@ -120,13 +125,7 @@ def closed_loop(port: int, photo: bytes, clients: int, seconds: float) -> tuple[
             time.sleep(wait if status == 503 else 0)
         conn.close()
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, time.perf_counter() - t0
+    return results, run_clients(client, clients)
 
 
 def overload(model_path: str, photo: bytes, seconds: float) -> None:
