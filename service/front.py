@@ -181,7 +181,9 @@ def _supervise(front: subprocess.Popen, gunicorn: subprocess.Popen, stop: thread
     signal.signal(signal.SIGINT, shutdown)
     while not stop.is_set() and front.poll() is None and gunicorn.poll() is None:
         time.sleep(0.2)
-    died = [name for name, proc in (("nginx", front), ("gunicorn", gunicorn)) if proc.poll() is not None]
+    if not stop.is_set():  # a terminal's Ctrl-C reaches the children too: let this process's handler run
+        stop.wait(0.5)
+    died = [] if stop.is_set() else [name for name, p in (("nginx", front), ("gunicorn", gunicorn)) if p.poll() is not None]
     stop.set()
     for proc, sig in ((front, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
         if proc.poll() is None:
