@@ -47,7 +47,7 @@ def main() -> None:
             summary = caption_library(model, paths, Path(tmp) / "out.jsonl", options, batch_size=size, workers=workers,
                                       progress=False)
         rates[label] = summary.captioned / summary.seconds
-        print(f"{label:>14} (batch {size}, {workers} workers): {rates[label]:6.1f} photos/s; {summary.line()}")
+        print(f"{label:>14} (batch {size}, up to {workers} workers): {rates[label]:6.1f} photos/s; {summary.line()}")
     print(f"in memory, batches of {args.batch_size}: encoder {encoder_rate:6.1f} photos/s, encoder + decoder "
           f"{ceiling:6.1f} photos/s")
     print(f"bulk vs the encoder's batched rate: {rates['bulk'] / encoder_rate:.2f}x; vs encoder + decoder in memory: "

@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "as it completes, photos read by worker processes, in batches")
     cap.add_argument("--resume", action="store_true", help="with --out: skip the photos FILE already holds")
     cap.add_argument("--batch-size", type=int, default=16, help="with --out: photos per encoder batch")
-    cap.add_argument("--workers", type=int, default=2, help="with --out: processes reading photos")
+    cap.add_argument("--workers", type=int, default=2, help="with --out: processes reading photos at most (on the "
+                     "CPU: only cores the encoder leaves free)")
     cap.add_argument("--no-progress", action="store_true", help="with --out: no progress bar")
     args = parser.parse_args(argv)
     if args.out and (args.explain or args.explain_html):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .model import Caption, Captioner
 from .options import DecodeOptions
-from .preprocess import DEFAULT_MAX_PIXELS, ImageError, PreprocessConfig, preprocess
+from .preprocess import DEFAULT_MAX_PIXELS, PreprocessConfig, preprocess
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -47,10 +48,11 @@ def expand(inputs: Sequence[str]) -> list[str]:
     return found
 
 
-class Photos(Dataset):
-    """Each photo preprocessed in a worker: (index, tensor or None, error message or None)."""
+class ImageFiles(Dataset):
+    """Image files preprocessed in DataLoader workers: (index, tensor or None, what went wrong or None), so a
+    file that cannot be read is reported, not fatal (training's feature extraction raises on it instead)."""
 
-    def __init__(self, paths: Sequence[str], cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS):
+    def __init__(self, paths: Sequence[str | Path], cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS):
         self.paths, self.cfg, self.max_pixels = list(paths), cfg, max_pixels
 
     def __len__(self) -> int:
@@ -59,8 +61,19 @@ class Photos(Dataset):
     def __getitem__(self, i: int):
         try:
             return i, preprocess(self.paths[i], self.cfg, self.max_pixels), None
-        except (OSError, ImageError, ValueError) as exc:
+        except Exception as exc:  # whatever a decoder raises on a damaged file, reported with the file's name
             return i, None, str(exc) or type(exc).__name__
+
+
+def decode_workers(requested: int, device: str | torch.device) -> int:
+    """How many of `requested` DataLoader workers to start for decoding images the encoder runs on `device`.
+    On a GPU all of them: the CPU is otherwise idle. On the CPU only the cores the encoder's torch threads
+    leave free: a worker sharing a core with them stalls those threads at every synchronisation point
+    (docs/experiments.md has the measurement)."""
+    if torch.device(device).type != "cpu":
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(requested, cores - torch.get_num_threads()))
 
 
 def _keep_failures(items):
@@ -93,9 +106,10 @@ class Summary:
 
 
 def batches(model: Captioner, paths: Sequence[str], batch_size: int, workers: int) -> Iterator[list]:
-    loader = DataLoader(Photos(paths, model.preprocess_cfg), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_keep_failures, prefetch_factor=2 if workers else None,
-                        persistent_workers=False)
+    """Batches of `ImageFiles` items, read by at most `workers` processes (`decode_workers` of them)."""
+    workers = decode_workers(workers, next(model.encoder.parameters()).device)
+    loader = DataLoader(ImageFiles(paths, model.preprocess_cfg), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_keep_failures, prefetch_factor=2 if workers else None)
     yield from loader
 
 

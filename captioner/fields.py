@@ -10,6 +10,8 @@ import dataclasses
 import typing
 from typing import Any
 
+from .options import OptionError, parse_bool
+
 
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -63,11 +65,10 @@ def parse_value(kind, text: str):
         inner = typing.get_args(kind)[0]
         return [inner(x) for x in text.split(",") if x != ""]
     if kind is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+        try:
+            return parse_bool("value", text)
+        except OptionError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return kind(text)
 
 

@@ -116,8 +116,6 @@ class CharTrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if isinstance(self.model, dict):  # as stored with a trained model's metrics
-            self.model = CharLMConfig(**self.model)
         if self.model.vocab_size:
             raise ValueError("model.vocab_size comes from the training text; leave it unset")
 

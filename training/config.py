@@ -88,8 +88,6 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):  # fail before the features are built, not an hour into training
-        if isinstance(self.decoder, dict):  # as stored in a checkpoint's info
-            self.decoder = DecoderConfig(**self.decoder)
         if self.decoder.vocab_size or self.decoder.feature_dim:
             raise ValueError("decoder.vocab_size and decoder.feature_dim come from the data and the encoder; leave them unset")
         if self.scst_baseline not in ("greedy", "mean"):

@@ -12,46 +12,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from captioner.bulk import ImageFiles, decode_workers
 from captioner.model import encode_images
-from captioner.preprocess import PreprocessConfig, preprocess
+from captioner.preprocess import PreprocessConfig
 
 log = logging.getLogger(__name__)
 
 
-class ImageDataset(Dataset):
-    """Image files -> preprocessed tensors, for a DataLoader (feature extraction, evaluation)."""
-
-    def __init__(self, paths: list[Path], cfg: PreprocessConfig):
-        self.paths, self.cfg = paths, cfg
-
-    def __len__(self) -> int:
-        return len(self.paths)
+class ImageDataset(ImageFiles):
+    """Image files -> preprocessed tensors, for a DataLoader (feature extraction, evaluation): a file that
+    cannot be read stops the run, naming the file (a bare PIL error in a worker says nothing useful)."""
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        try:
-            return preprocess(self.paths[i], self.cfg)
-        except Exception as exc:  # name the file: a bare PIL error in a worker says nothing useful
-            raise RuntimeError(f"cannot read image {self.paths[i]}: {exc}") from exc
-
-
-def decode_workers(requested: int, device: str | torch.device) -> int:
-    """How many of `requested` DataLoader workers to start for decoding images the encoder runs on `device`.
-    On a GPU all of them: the CPU is otherwise idle. On the CPU only the cores the encoder's torch threads
-    leave free: a worker sharing a core with them stalls those threads at every synchronisation point
-    (docs/experiments.md has the measurement)."""
-    if torch.device(device).type != "cpu":
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(requested, cores - torch.get_num_threads()))
+        _, tensor, error = super().__getitem__(i)
+        if tensor is None:
+            raise RuntimeError(f"cannot read image {self.paths[i]}: {error}")
+        return tensor
 
 
 def image_loader(paths: list[Path], cfg: PreprocessConfig, batch_size: int, num_workers: int,
