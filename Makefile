@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve bench-bulk \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve bench-bulk bench-scale \
         docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
@@ -67,7 +67,7 @@ ground: install
 serve: install
 	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(PY) -m service.front
 
-bench: bench-decode bench-train bench-serve bench-charlm bench-bulk
+bench: bench-decode bench-train bench-serve bench-charlm bench-bulk bench-scale
 
 bench-decode: install
 	$(PY) -m bench.decode $(ARGS)
@@ -83,6 +83,11 @@ bench-charlm: install
 
 bench-bulk: install
 	$(PY) -m bench.bulk $(ARGS)
+
+# Every phase of `make train` on simulated COCO-format data at 1x, 2x, 4x Flickr8k's size and COCO's (drawn from
+# Flickr8k; its feature cache is built first if missing): time, peak memory, growth exponents, a COCO projection.
+bench-scale: install
+	$(PY) -m bench.scale $(ARGS)
 
 docker-build:
 	$(CONTAINER) build $(CONTAINER_BUILD_FLAGS) -f docker/Dockerfile -t $(IMAGE) .

@@ -5,6 +5,7 @@ import math
 import os
 import re
 import shutil
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from captioner.checkpoint import load as load_checkpoint
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
 from captioner.options import DecodeOptions
+from captioner.vocab import tokenize
 from training import demo
 from training.config import TrainConfig, load_config
 from training.features import build_or_load, decode_workers, is_complete
@@ -535,3 +537,87 @@ def test_one_caption_each_draws_a_caption_of_that_image(demo_dir, cache_dir, tmp
         assert tuple(row) in own, (image, row)
     drawn = {tuple(data.one_caption_each(torch.tensor([0])).tolist()[0]) for _ in range(40)}
     assert len(drawn) > 1  # not always the first caption
+
+
+# -- COCO scale, simulated (training.synthetic, bench/scale.py) ---------------------------------------------
+def test_simulated_coco_reads_as_coco_and_trains_without_image_files(demo_dir, cache_dir, tmp_path):
+    from pycocotools.coco import COCO
+
+    from training.synthetic import CAPTIONS_PER_PHOTO, generate
+
+    source = demo_config(demo_dir, cache_dir, tmp_path / "source")
+    target = generate(source, tmp_path / "coco", photos=60, val_photos=12, seed=0)
+    coco = COCO(str(tmp_path / "coco" / "annotations" / "captions_train2014.json"))
+    assert len(coco.imgs) == 48 and len(coco.anns) == 48 * CAPTIONS_PER_PHOTO
+    assert all(len(coco.imgToAnns[i]) == CAPTIONS_PER_PHOTO for i in coco.imgs)
+    lines = (demo_dir / "Flickr8k.token.txt").read_text().splitlines()
+    demo_words = {w for line in lines for w in tokenize(line.partition("\t")[2])}
+    assert all({w for w in a["caption"].split() if not w.startswith("zz")} <= demo_words for a in coco.anns.values())
+    assert not (tmp_path / "coco" / "train2014").exists()  # no photos: every vector comes from the feature cache
+    cfg = replace(target, out_dir=str(tmp_path / "run"), epochs=1, max_batches_per_epoch=2, batch_size=8)
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg)
+    assert len(trainer.data.train) == 48 and len(trainer.data.val) == 12
+    assert trainer.data.train_feats.abs().sum() > 0
+    trainer.fit()
+    epoch = trainer.state["history"][0]
+    assert epoch["batches"] == 2 and epoch["epoch_batches"] == math.ceil(48 * CAPTIONS_PER_PHOTO / 8)
+    assert {"read records", "vocabulary", "feature cache", "grounding", "xe epoch", "validate"} <= set(trainer.clock.phases)
+
+
+def test_simulated_vocabulary_grows_along_heaps_law_with_reused_new_words():
+    import numpy as np
+
+    from training.synthetic import Lexicon
+
+    rng = np.random.default_rng(0)
+    zipf = 1 / np.arange(1, 20_001)
+    source = [[f"w{j}" for j in rng.choice(20_000, size=8, p=zipf / zipf.sum())] for _ in range(2_000)]
+    lexicon = Lexicon.from_source(source)
+    assert 0.3 < lexicon.beta < 1.0
+    out = [lexicon.fill(source[i % 2_000], rng) for i in range(40_000)]
+    distinct = len({w for words in out for w in words})
+    expected = lexicon.k * (8 * 40_000) ** lexicon.beta
+    source_words = len({w for words in source for w in words})
+    assert distinct > 2 * source_words and abs(distinct - expected) / expected < 0.02  # on the fitted curve
+    counts = Counter(w for words in out for w in words if w.startswith("zz"))
+    assert sum(n >= 5 for n in counts.values()) > 50  # new words are reused, so a min_count vocabulary grows too
+
+
+def test_recombined_captions_keep_their_photo_words_and_lengths():
+    import numpy as np
+
+    from training.synthetic import recombine
+
+    rng = np.random.default_rng(1)
+    a, b = "a dog runs on the grass".split(), "a black dog jumps over the red fence today".split()
+    outs = [recombine(a, b, rng) for _ in range(50)]
+    assert all(len(a) <= len(o) <= len(b) and set(o) <= set(a) | set(b) for o in outs)
+    assert len({tuple(o) for o in outs}) > 1  # more than one join point is used
+    assert recombine(a, "two cats".split(), rng) == a  # nothing shared: the first caption as it is
+
+
+def test_phase_clock_times_each_phase_on_its_own_and_sees_an_inner_peak_from_the_outer():
+    import mmap
+    import time
+
+    from training.phases import PhaseClock
+
+    clock = PhaseClock()
+    with clock("outer"):
+        with clock("inner"):
+            block = mmap.mmap(-1, 64 * 2**20)  # 64 MB of fresh pages, touched, then given back to the OS
+            block.write(b"x" * len(block))
+            block.close()
+            time.sleep(0.2)
+        time.sleep(0.05)
+    with clock("inner"):
+        pass
+    outer, inner = clock.phases["outer"], clock.phases["inner"]
+    assert outer.calls == 1 and inner.calls == 2
+    assert 0.05 <= outer.seconds < 0.2 <= inner.seconds  # the outer's own time, without the inner's
+    if os.path.exists("/proc/self/clear_refs"):  # Linux: per-phase peaks
+        assert outer.peak_rss_bytes >= inner.peak_rss_bytes > 0
+        with clock("after"):
+            pass
+        assert clock.phases["after"].peak_rss_bytes < inner.peak_rss_bytes - 32 * 2**20  # the peak was reset

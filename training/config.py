@@ -42,6 +42,7 @@ class TrainConfig:
     grad_clip: float = 2.0  # global norm
     label_smoothing: float = 0.1
     scheduled_sampling: float = 0.0  # max probability of feeding the model's own word, ramped over the epochs
+    max_batches_per_epoch: int = 0  # 0 = all; else stop each epoch there (smoke runs; make bench-scale times a part)
     patience: int = 4  # early stop after this many epochs without a better val selection score
     # self-critical sequence training (Rennie et al. 2017) after cross-entropy, on val CIDEr-D too
     scst_epochs: int = 0

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.encoders import encoder_spec
@@ -18,6 +19,7 @@ from captioner.vocab import Vocabulary, tokenize
 from .config import TrainConfig
 from .datasets import DataError, Record, check_images, read_records
 from .features import build_or_load, file_digest, is_cached
+from .phases import PhaseClock
 from .runtime import Distributed, SingleProcess
 
 
@@ -45,11 +47,12 @@ def missing_data_message(cfg: TrainConfig, exc: Exception) -> str:
 
 # -- batches --------------------------------------------------------------------------------------
 def pad_rows(rows: list[list[int]], width: int = 0) -> torch.Tensor:
-    """Id lists as one tensor [N, max(width, longest)], padded with 0 (<pad>)."""
-    ids = torch.zeros(len(rows), max(width, *map(len, rows), 1), dtype=torch.long)
+    """Id lists as one tensor [N, max(width, longest)], padded with 0 (<pad>). Filled through numpy: a row
+    costs a slice assignment, not a tensor of its own (COCO has 600k captions)."""
+    ids = np.zeros((len(rows), max(width, *map(len, rows), 1)), dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return ids
+        ids[i, : len(row)] = row
+    return torch.from_numpy(ids)
 
 
 def encode_captions(records: list[Record], vocab: Vocabulary, max_words: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -123,39 +126,45 @@ class TrainingData:
         return self.tokens[rows, : int(self.lengths[rows].max())]
 
 
-def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: Distributed | SingleProcess) -> TrainingData:
+def prepare_data(cfg: TrainConfig, encoder: torch.nn.Module, dist: Distributed | SingleProcess,
+                 clock: PhaseClock | None = None) -> TrainingData:
     """Read the records, build the vocabulary from the training captions, and load (or extract) every
     image's vector. Raises DataError with instructions when the data is not where the config says."""
-    pre, encoder_id = preprocess_config(cfg), encoder_identity(cfg)
+    pre, encoder_id, clock = preprocess_config(cfg), encoder_identity(cfg), clock or PhaseClock()
     try:
-        records = read_records(cfg.format, cfg.data_dir, cfg.train_splits + [cfg.val_split], cfg.karpathy_json, cfg.coco_year)
-        if not is_cached(cfg.cache_dir, encoder_id, pre, [r.image_path for r in records], Path(cfg.data_dir)):
-            records = check_images(records, cfg.skip_missing)  # with every vector cached, images are not read
+        with clock("read records"):
+            records = read_records(cfg.format, cfg.data_dir, cfg.train_splits + [cfg.val_split], cfg.karpathy_json,
+                                   cfg.coco_year)
+            if not is_cached(cfg.cache_dir, encoder_id, pre, [r.image_path for r in records], Path(cfg.data_dir)):
+                records = check_images(records, cfg.skip_missing)  # with every vector cached, images are not read
     except (DataError, FileNotFoundError) as exc:
         raise DataError(missing_data_message(cfg, exc)) from None
     train = [r for r in records if r.split == "train"]
     val = [r for r in records if r.split != "train"]
     if not train or not val:
         raise DataError(f"need both training and validation images; got {len(train)} and {len(val)}")
-    vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.min_count)
+    with clock("vocabulary"):
+        vocab = Vocabulary.build((c for r in train for c in r.captions), cfg.min_count)
 
     t0 = time.perf_counter()
-    if dist.enabled and not dist.main:
-        dist.barrier()  # rank 0 extracts; the others then read its cache
-    cache = build_or_load(cfg.cache_dir, encoder, encoder_id, pre, [r.image_path for r in train + val],
-                          Path(cfg.data_dir), num_workers=cfg.num_workers, device=dist.device,
-                          progress=cfg.progress and dist.main)
-    if dist.enabled and dist.main:
-        dist.barrier()
-    feature_seconds = time.perf_counter() - t0
-    if cfg.val_max_images:  # after the cache, so a quick run reuses the full run's features
-        val = val[: cfg.val_max_images]
-    train_feats = cache.tensor([r.image_path for r in train]).to(dist.device)
-    val_feats = cache.tensor([r.image_path for r in val]).to(dist.device)
+    with clock("feature cache"):
+        if dist.enabled and not dist.main:
+            dist.barrier()  # rank 0 extracts; the others then read its cache
+        cache = build_or_load(cfg.cache_dir, encoder, encoder_id, pre, [r.image_path for r in train + val],
+                              Path(cfg.data_dir), num_workers=cfg.num_workers, device=dist.device,
+                              progress=cfg.progress and dist.main)
+        if dist.enabled and dist.main:
+            dist.barrier()
+        feature_seconds = time.perf_counter() - t0
+        if cfg.val_max_images:  # after the cache, so a quick run reuses the full run's features
+            val = val[: cfg.val_max_images]
+        train_feats = cache.tensor([r.image_path for r in train]).to(dist.device)
+        val_feats = cache.tensor([r.image_path for r in val]).to(dist.device)
     if cfg.blind:
         train_feats.zero_()
         val_feats.zero_()
-    img_idx, tokens, lengths = encode_captions(train, vocab, cfg.max_caption_words)
-    no_end_after = rarely_final_words([tokenize(c) for r in train for c in r.captions]) if cfg.block_bad_endings else []
+    with clock("captions to ids"):
+        img_idx, tokens, lengths = encode_captions(train, vocab, cfg.max_caption_words)
+        no_end_after = rarely_final_words([tokenize(c) for r in train for c in r.captions]) if cfg.block_bad_endings else []
     return TrainingData(train, val, vocab, pre, train_feats, val_feats, img_idx, tokens, lengths, no_end_after,
                         feature_seconds)

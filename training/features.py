@@ -63,9 +63,17 @@ def cache_key(encoder_id: str, cfg: PreprocessConfig, names: list[str]) -> str:
 
 
 def relative_names(paths: list[Path], root: Path) -> list[str]:
-    """Image names relative to the data folder: moving or re-mounting a data set keeps its cache."""
+    """Image names relative to the data folder: moving or re-mounting a data set keeps its cache. Each folder
+    is resolved once (a data set has a few folders and up to hundreds of thousands of files)."""
     root = Path(root).resolve()
-    return [Path(p).resolve().relative_to(root).as_posix() for p in paths]
+    folders: dict[Path, Path] = {}
+    names = []
+    for path in map(Path, paths):
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = path.parent.resolve().relative_to(root)
+        names.append((folder / path.name).as_posix())
+    return names
 
 
 class FeatureCache:
@@ -103,6 +111,29 @@ def is_cached(cache_dir: str | Path, encoder_id: str, cfg: PreprocessConfig, pat
     return is_complete(cache_root(cache_dir, encoder_id, cfg, paths, data_root))
 
 
+def _create(root: Path, encoder_id: str, cfg: PreprocessConfig, names: list[str], dim: int) -> None:
+    """An empty cache: the index (image order, what made the vectors) and a zeroed [N, dim] array."""
+    root.mkdir(parents=True, exist_ok=True)
+    np.memmap(root / "features.f16", dtype=np.float16, mode="w+", shape=(len(names), dim)).flush()
+    index = {"encoder": encoder_id, "preprocess": cfg.to_dict(), "shape": [len(names), dim], "images": names}
+    (root / "index.json").write_text(json.dumps(index))
+
+
+def store(cache_dir: str | Path, encoder_id: str, cfg: PreprocessConfig, paths: list[Path], data_root: Path,
+          vectors: np.ndarray) -> Path:
+    """A complete cache of vectors already in hand (`vectors[i]` is `paths[i]`'s), under the key training
+    computes for those paths: simulated data sets (`training.synthetic`) need no image files."""
+    names = relative_names(paths, data_root)
+    order = sorted(range(len(names)), key=names.__getitem__)
+    root = cache_root(cache_dir, encoder_id, cfg, paths, data_root)
+    _create(root, encoder_id, cfg, [names[i] for i in order], vectors.shape[1])
+    array = np.memmap(root / "features.f16", dtype=np.float16, mode="r+", shape=vectors.shape)
+    array[:] = vectors[order]
+    array.flush()
+    (root / "progress.json").write_text(json.dumps({"done": len(names)}))
+    return root
+
+
 def build_or_load(
     cache_dir: str | Path,
     encoder: torch.nn.Module,
@@ -119,12 +150,9 @@ def build_or_load(
     names = sorted(set(relative_names(paths, data_root)))
     paths = [Path(data_root) / name for name in names]
     root = cache_root(cache_dir, encoder_id, cfg, paths, data_root)
-    root.mkdir(parents=True, exist_ok=True)
     n, d = len(paths), int(encoder.out_dim)
     if not (root / "index.json").is_file():
-        index = {"encoder": encoder_id, "preprocess": cfg.to_dict(), "shape": [n, d], "images": names}
-        np.memmap(root / "features.f16", dtype=np.float16, mode="w+", shape=(n, d)).flush()
-        (root / "index.json").write_text(json.dumps(index))
+        _create(root, encoder_id, cfg, names, d)
     done = _progress(root)
     if done >= n:
         log.info("feature cache hit: %s (%d images)", root, n)

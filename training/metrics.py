@@ -40,7 +40,9 @@ class CiderD:
             for ref in refs:
                 seen.update(_counts(tokenize(ref)))
             df.update(seen)
-        self.df = df
+        # an n-gram in one document weighs as one in none (df is clamped to 1 below): keeping only those
+        # in two or more changes no score and drops most of the table (most long n-grams occur in one document)
+        self.df = {gram: n for gram, n in df.items() if n > 1}
         self.log_n = math.log(max(n_docs, 1))
 
     def _vector(self, counts: Counter) -> tuple[list[dict], list[float], int]:

@@ -68,7 +68,7 @@ def train_retrieval(features: torch.Tensor, tokens: torch.Tensor, img_idx: torch
     order = torch.argsort(img_idx, stable=True)
     counts = torch.bincount(img_idx, minlength=len(features))
     first = torch.cumsum(counts, 0) - counts
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel per step, the same updates
     for _ in range(epochs):
         for photos in torch.randperm(len(features), generator=gen).split(batch_images):
             rows = order[first[photos] + (torch.rand(len(photos), generator=gen) * counts[photos]).long()]

@@ -5,6 +5,7 @@ decoding uses, so the gradient is that of the distribution the samples came from
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -21,6 +22,9 @@ from .data import pad_rows
 from .fluency import is_disfluent
 from .metrics import CiderD, prepare_bleu, sentence_bleu_prepared
 from .retrieval import Retrieval, self_retrieval
+
+
+REFERENCES_KEPT = 4096  # images whose prepared references a Reward keeps (a batch needs 32 x world size)
 
 
 def scst_advantages(scores: torch.Tensor, baseline: str, greedy: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,21 +90,20 @@ class Reward:
     `disfluency_penalty` for a caption `training.fluency` calls disfluent, minus `hallucination_penalty` for a
     caption that names a concept (`captioner.concepts`) none of its references names, plus
     `discriminability_weight` x log p(its own photo | caption) among the batch's photos (`retrieval`).
-    Built once per run: each image's references are prepared up front, since every epoch scores k samples
-    against them. `training.train.selection_score` compares epochs on the same terms averaged over the val
-    captions: a new term belongs in both."""
+    Built once per run; an image's references are prepared (tf-idf vectors, BLEU clipping counts, concepts)
+    when its batch is scored and kept for the few images in flight: prepared up front for all of COCO's
+    photos, they would hold gigabytes (docs/scale.md). `training.train.selection_score` compares epochs on
+    the same terms averaged over the val captions: a new term belongs in both."""
 
     def __init__(self, references: Sequence[Sequence[str]], bleu_weight: float = 0.0, disfluency_penalty: float = 0.0,
                  hallucination_penalty: float = 0.0, discriminability_weight: float = 0.0,
                  retrieval: Retrieval | None = None):
         if discriminability_weight and retrieval is None:
             raise ValueError("a discriminability weight needs the retrieval model that scores it")
+        self.references = references
         self.cider = CiderD(references)
-        tokens = [[tokenize(c) for c in refs] for refs in references]
-        self.prepared = [self.cider.prepare(refs) for refs in tokens]
-        self.bleu_prepared = [prepare_bleu(refs) for refs in tokens] if bleu_weight else []
         self.concepts = word_concepts() if hallucination_penalty else {}
-        self.shown = [shown_concepts(refs, self.concepts) for refs in references]
+        self._prepared = functools.lru_cache(maxsize=REFERENCES_KEPT)(self._prepare)
         self.bleu_weight, self.disfluency_penalty = bleu_weight, disfluency_penalty
         self.hallucination_penalty = hallucination_penalty
         self.discriminability_weight, self.retrieval = discriminability_weight, retrieval
@@ -111,14 +114,21 @@ class Reward:
         return cls(references, cfg.scst_bleu_weight, cfg.scst_disfluency_penalty, cfg.scst_hallucination_penalty,
                    cfg.scst_discriminability_weight, retrieval)
 
+    def _prepare(self, image: int) -> tuple[list, tuple, set[str]]:
+        """Image `image`'s references ready to score against: CIDEr-D vectors, BLEU counts, concepts shown."""
+        tokens = [tokenize(c) for c in self.references[image]]
+        bleu = prepare_bleu(tokens) if self.bleu_weight else ()
+        return self.cider.prepare(tokens), bleu, shown_concepts(self.references[image], self.concepts)
+
     def text_terms(self, words: Sequence[str], image: int) -> float:
         """The terms a caption earns from its words alone: CIDEr-D, BLEU-4, fluency and hallucination."""
-        reward = self.cider.score_prepared(words, self.prepared[image])
+        cider, bleu, shown = self._prepared(image)
+        reward = self.cider.score_prepared(words, cider)
         if self.bleu_weight:
-            reward += self.bleu_weight * sentence_bleu_prepared(words, self.bleu_prepared[image])
+            reward += self.bleu_weight * sentence_bleu_prepared(words, bleu)
         if self.disfluency_penalty and is_disfluent(words):
             reward -= self.disfluency_penalty
-        if self.hallucination_penalty and named_concepts(words, self.concepts) - self.shown[image]:
+        if self.hallucination_penalty and named_concepts(words, self.concepts) - shown:
             reward -= self.hallucination_penalty
         return reward
 

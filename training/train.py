@@ -45,6 +45,7 @@ from .fluency import disfluent_pct
 from .grounding import caption_score_floor, fit_grounding
 from .hallucination import chair
 from .metrics import CiderD, quick_scores
+from .phases import PhaseClock
 from .report import write_model_card, write_plot
 from .retrieval import Retrieval, train_retrieval, val_self_retrieval
 from .runtime import Distributed, autocast, pick_device
@@ -143,7 +144,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.encoder = create_encoder(cfg.encoder, pretrained=True, weights=cfg.encoder_weights or None)
-        self.data = prepare_data(cfg, self.encoder, self.dist)
+        self.clock = PhaseClock()  # each phase's time and peak memory: OUT_DIR/phases.json, make bench-scale
+        self.data = prepare_data(cfg, self.encoder, self.dist, self.clock)
         self.val_cider = CiderD(self.data.val_refs)
         self.decoder = build_decoder(cfg, self.data, self.encoder.out_dim).to(self.device)
         self.model = self.decoder
@@ -154,7 +156,8 @@ class Trainer:
         v = self.data.vocab
         self.bans = WordBans.for_vocab(v, self.options)  # SCST samples under the rule the model decodes with
         d = self.data
-        grounding = fit_grounding(cfg, v, d.train, d.train_feats.cpu()).to(self.device)
+        with self.clock("grounding"):
+            grounding = fit_grounding(cfg, v, d.train, d.train_feats.cpu()).to(self.device)
         self.captioner = Captioner(self.encoder, self.decoder, v, d.preprocess, cfg.encoder,
                                    decoding=self.options.to_dict(), grounding=grounding)
         self.opt = self._optimiser(cfg.lr)
@@ -167,6 +170,8 @@ class Trainer:
                  f" x{self.dist.world}" if self.dist.enabled else "")
 
     def _optimiser(self, lr: float) -> torch.optim.Optimizer:
+        # not fused=True: the fused step updates weights without bumping their version counters, which the
+        # decoder's fast path keys its cached tables on (captions then come from stale weights)
         return torch.optim.AdamW(self.decoder.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
 
     # -- resume state (torch.load(weights_only=True): tensors, numbers, strings, lists, dicts only) --
@@ -204,6 +209,7 @@ class Trainer:
         """Teacher forcing: cross-entropy over every word of every training caption, clipped gradients."""
         cfg, dev, data = self.cfg, self.device, self.data
         batches = self._my_part(epoch_batches(data.lengths, cfg.batch_size * self.dist.world, cfg.seed, epoch))
+        in_epoch, batches = len(batches), batches[: cfg.max_batches_per_epoch or None]
         total_steps = cfg.epochs * math.ceil(len(data.lengths) / cfg.batch_size / self.dist.world)
         ss_prob = cfg.scheduled_sampling * min(1.0, epoch / max(1, cfg.epochs - 1))
         self.model.train()
@@ -228,15 +234,14 @@ class Trainer:
             loss_sum += loss.item() * ntok
             tok_sum += ntok
             bar.set_postfix(loss=f"{loss_sum / tok_sum:.3f}", cap_s=f"{tok_sum / max(1, width) / (time.perf_counter() - t0):.0f}")
-        return {"train_loss": loss_sum / max(tok_sum, 1), "epoch_seconds": time.perf_counter() - t0}
+        return {"train_loss": loss_sum / max(tok_sum, 1), "epoch_seconds": time.perf_counter() - t0,
+                "batches": len(batches), "epoch_batches": in_epoch}
 
     def run_epoch_scst(self, epoch: int) -> dict:
         """Self-critical sequence training: sample, score with `Reward` (CIDEr-D and the levers), push up what
         beat its baseline."""
         cfg, dev, data = self.cfg, self.device, self.data
-        if self.reward is None:
-            self._ensure_retrieval()
-            self.reward = Reward.from_config(cfg, [r.captions for r in data.train], self.retrieval)
+        self._ensure_reward()
         for group in self.opt.param_groups:
             group["lr"] = cfg.scst_lr
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -244,6 +249,7 @@ class Trainer:
         self.model.train()
         t0, rew_sum, n = time.perf_counter(), 0.0, 0
         batches = self._my_part(list(order.split(cfg.scst_batch_images * self.dist.world)))
+        in_epoch, batches = len(batches), batches[: cfg.max_batches_per_epoch or None]
         bar = tqdm(batches, desc=f"scst {epoch + 1}", unit="batch", disable=not (cfg.progress and self.dist.main))
         for idx in bar:
             human = data.one_caption_each(idx).to(dev) if cfg.scst_xe_weight else None
@@ -261,15 +267,24 @@ class Trainer:
             self.opt.step()
             rew_sum, n = rew_sum + reward, n + 1
             bar.set_postfix(reward=f"{rew_sum / n:.3f}")
-        return {"scst_sample_reward": rew_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0}
+        return {"scst_sample_reward": rew_sum / max(n, 1), "epoch_seconds": time.perf_counter() - t0,
+                "batches": len(batches), "epoch_batches": in_epoch}
+
+    def _ensure_reward(self) -> None:
+        """Build SCST's reward (and its retrieval model) once per process, each timed as its own phase."""
+        if self.reward is None:
+            self._ensure_retrieval()
+            with self.clock("scst reward"):
+                self.reward = Reward.from_config(self.cfg, [r.captions for r in self.data.train], self.retrieval)
 
     def _ensure_retrieval(self) -> None:
         """Fit the discriminability term's retrieval model once per process (seconds; deterministic in the seed,
         so a resumed run refits the same one)."""
         if self.cfg.scst_discriminability_weight and self.retrieval is None:
             v, data = self.data.vocab, self.data
-            self.retrieval = train_retrieval(data.train_feats, data.tokens, data.img_idx, len(v),
-                                             (v.pad_id, v.start_id, v.end_id), seed=self.cfg.seed)
+            with self.clock("retrieval"):
+                self.retrieval = train_retrieval(data.train_feats, data.tokens, data.img_idx, len(v),
+                                                 (v.pad_id, v.start_id, v.end_id), seed=self.cfg.seed)
 
     def val_captions(self) -> list[str]:
         """The val split decoded with the options the model ships with (on cached vectors)."""
@@ -303,7 +318,10 @@ class Trainer:
                 self._start_scst()
             while self.state["epoch"] < n_epochs and self.state["bad_epochs"] < self.cfg.patience:
                 epoch = self.state["epoch"]
-                stats = self.run_epoch_xe(epoch) if phase == "xe" else self.run_epoch_scst(epoch)
+                if phase == "scst":
+                    self._ensure_reward()  # before the epoch's clock starts: its setup is a phase of its own
+                with self.clock(f"{phase} epoch"):
+                    stats = self.run_epoch_xe(epoch) if phase == "xe" else self.run_epoch_scst(epoch)
                 self._end_epoch(phase, epoch, stats)
         self.dist.barrier()
 
@@ -321,12 +339,14 @@ class Trainer:
         st["train_seconds"] += stats["epoch_seconds"]
         record = {"phase": phase, "epoch": epoch + 1, **stats}
         if self.dist.main:
-            record.update({f"val_{k}": v for k, v in self.validate().items()})
+            with self.clock("validate"):
+                record.update({f"val_{k}": v for k, v in self.validate().items()})
             rank = selection_rank(record["val_selection"], record["val_disfluent_pct"], self.cfg)
             better = st["best"] is None or rank > tuple(st["best"])
             if better:
                 st.update(best=list(rank), best_epoch=f"{phase}:{epoch + 1}", bad_epochs=0)
-                self._save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
+                with self.clock("save"):
+                    self._save_best({k[4:]: v for k, v in record.items() if k.startswith("val_")})
             else:
                 st["bad_epochs"] += 1
             log.info("%s epoch %d: %s%s", phase, epoch + 1,
@@ -344,7 +364,8 @@ class Trainer:
             st["best"] = [bool(shared[2]), float(shared[3])] if shared[1] else None
         st["epoch"] = epoch + 1
         if self.dist.main:
-            self.save_last()
+            with self.clock("save"):
+                self.save_last()
 
     def _save_best(self, metrics: dict) -> None:
         ck = self.captioner.checkpoint(metrics={"val": metrics}, info={"config": dataclasses.asdict(self.cfg)})
@@ -360,8 +381,9 @@ class Trainer:
         `final_beam_sizes`. Writes the card, the plot and the default decoding's captions."""
         cfg = self.cfg
         self._load_best_decoder()
-        self.captioner.grounding.min_word_score = caption_score_floor(self.captioner, self.data.val_feats, self.options,
-                                                                      cfg.low_confidence_caption_share)
+        with self.clock("caption floor"):
+            self.captioner.grounding.min_word_score = caption_score_floor(self.captioner, self.data.val_feats,
+                                                                          self.options, cfg.low_confidence_caption_share)
         info = {"config": dataclasses.asdict(cfg), "train_images": len(self.data.train),
                 "train_captions": len(self.data.tokens), "train_seconds": round(self.state["train_seconds"], 1),
                 "feature_seconds": round(self.data.feature_seconds, 1), "torch": torch.__version__}
@@ -370,7 +392,9 @@ class Trainer:
         save_checkpoint(path, self.captioner.checkpoint(metrics={}, info=info), dtype=dtype)
         others = [k for k in cfg.final_beam_sizes if k != self.options.beam_size]  # the default is scored anyway
         options = [self.options] + [dataclasses.replace(self.options, beam_size=k) for k in others]
-        (default, captions), *rest = evaluate(Captioner.from_checkpoint(path), self.data.val, options, cfg.num_workers)
+        with self.clock("final evaluation"):
+            (default, captions), *rest = evaluate(Captioner.from_checkpoint(path), self.data.val, options,
+                                                  cfg.num_workers)
         log.info("val, default decoding (beam %d): %s", self.options.beam_size, default)
         scored = {self.options.beam_size: default, **{k: scores for k, (scores, _) in zip(others, rest)}}
         by_beam = {f"beam{k}": scored[k] for k in cfg.final_beam_sizes}
@@ -383,6 +407,8 @@ class Trainer:
             [{"image_id": r.image_id, "caption": c} for r, c in zip(self.data.val, captions)], indent=1))
         write_plot(self.state["history"], self.out / "training.png")
         write_model_card(self.out / "model.md", cfg, metrics, info, self.state["history"])
+        self.clock.write(self.out / "phases.json")
+        log.info("where the time went (also in %s):\n%s", self.out / "phases.json", self.clock.table())
         log.info("wrote %s", path)
         return metrics
 

@@ -1,0 +1,193 @@
+"""Scale benchmark: every phase of `make train` at 1x, 2x, 4x and 16x Flickr8k's size (the last capped at COCO
+2014's 123,287 photos), on COCO-format data simulated from Flickr8k (`training.synthetic`). Each size runs in
+a fresh process through the real `Trainer` (one cross-entropy and one SCST epoch, of which `--batches`
+batches are timed and the rest projected) and reports each phase's wall time and peak memory. Then each
+phase's growth exponent (least squares of log time on log photos, over the sizes from 16k up) and a
+projection of a whole COCO run on this machine.
+
+    make bench-scale [ARGS="--sizes 8091,16182,32364,123287 --batches 40"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import load_config
+from training.synthetic import COCO_PHOTOS, COCO_VAL_PHOTOS, generate
+
+FLICKR8K_PHOTOS = 8091
+FIT_FROM = 16_000  # the exponent is fitted over sizes from here up (the issue's range: 16k to COCO)
+TOO_SMALL_S = 1.0  # a phase shorter than this at the largest size is reported but not ranked: timer noise
+
+
+def run_one(config: str, data_dir: str, batches: int) -> dict:
+    """One size, in this process: Trainer (reading, vocabulary, cache, grounding), one XE epoch and its
+    validation, then SCST's setup and one SCST epoch (its validation would repeat the XE one)."""
+    from training.train import Trainer
+
+    cfg = load_config(config, {"format": "coco", "data_dir": data_dir, "coco_year": "2014", "train_splits": ["train"],
+                               "val_split": "val", "val_max_images": COCO_VAL_PHOTOS, "epochs": 1, "scst_epochs": 0,
+                               "max_batches_per_epoch": batches, "progress": False,
+                               "out_dir": str(Path(data_dir) / "run")})
+    Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    trainer._ensure_reward()
+    trainer.cfg.max_batches_per_epoch = max(1, batches // 2)  # an SCST batch costs 2-4 cross-entropy ones
+    with trainer.clock("scst epoch"):
+        scst = trainer.run_epoch_scst(0)
+    phases = {name: {"seconds": p.seconds, "peak_gb": p.peak_rss_bytes / 2**30} for name, p in trainer.clock.phases.items()}
+    xe = trainer.state["history"][0]
+    for name, epoch in (("xe epoch", xe), ("scst epoch", scst)):  # measured per batch, times the epoch's batches
+        phases[name]["seconds"] = epoch["epoch_seconds"] / epoch["batches"] * epoch["epoch_batches"]
+    return {"photos": len(trainer.data.train) + len(trainer.data.val), "train_photos": len(trainer.data.train),
+            "captions": len(trainer.data.tokens), "vocab": len(trainer.data.vocab), "val": len(trainer.data.val),
+            "phases": phases, "xe_batches": xe["epoch_batches"], "scst_batches": scst["epoch_batches"],
+            "xe_batch_seconds": xe["epoch_seconds"] / xe["batches"], "scst_batch_seconds": scst["epoch_seconds"] / scst["batches"],
+            "reward_rate": reward_rate(trainer)}
+
+
+def reward_rate(trainer) -> float:
+    """Captions per second through SCST's reward (CIDEr-D, BLEU, fluency: Python on one core, GPU or not),
+    scoring training images' own references as if they were samples."""
+    from captioner.vocab import tokenize
+
+    images = range(min(400, len(trainer.data.train)))
+    candidates = [(tokenize(c), i) for i in images for c in trainer.data.train[i].captions]
+    t0 = time.perf_counter()
+    for words, i in candidates:
+        trainer.reward.text_terms(words, i)
+    return len(candidates) / (time.perf_counter() - t0)
+
+
+def measure(size: int, args: argparse.Namespace) -> dict:
+    """Simulate `size` photos (timed), then run the phases in a fresh process (so peaks are this size's)."""
+    out = Path(args.work) / f"coco-{size}"
+    t0 = time.perf_counter()
+    source = load_config(args.config, {"progress": False})
+    generate(source, out, size, min(COCO_VAL_PHOTOS, size // 8), source.seed)
+    simulated = time.perf_counter() - t0
+    cmd = [sys.executable, "-m", "bench.scale", "--one", str(out), "--config", args.config, "--batches", str(args.batches)]
+    result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report["simulate_seconds"] = simulated
+    return report
+
+
+def exponent(sizes: list[int], seconds: list[float]) -> float:
+    x = [math.log(n) for n, s in zip(sizes, seconds) if n >= FIT_FROM]
+    y = [math.log(max(s, 1e-6)) for n, s in zip(sizes, seconds) if n >= FIT_FROM]
+    return float(np.polyfit(x, y, 1)[0]) if len(x) >= 2 else float("nan")
+
+
+def photo_rates(config: str) -> tuple[float, float]:
+    """Photos per second (this machine's cores) through JPEG decoding and preprocessing alone, and through
+    those plus the config's encoder in batches of 16: the test fixtures, read 32 times."""
+    from captioner.encoders import create_encoder
+    from captioner.model import encode_images
+    from captioner.preprocess import preprocess
+    from training.data import preprocess_config
+
+    cfg = load_config(config)
+    pre, encoder = preprocess_config(cfg), create_encoder(cfg.encoder, pretrained=True).eval()
+    photos = (sorted((Path(__file__).parent.parent / "tests" / "fixtures").glob("*.jpg")) * 32)[:32]
+    t0 = time.perf_counter()
+    batch = torch.stack([preprocess(p, pre) for p in photos])
+    decode_rate = len(photos) / (time.perf_counter() - t0) * (os.cpu_count() or 1)  # one core; workers use all
+    with torch.inference_mode():
+        encode_images(encoder, batch[:16], False)
+        t0 = time.perf_counter()
+        for chunk in batch.split(16):
+            encode_images(encoder, chunk, False)
+    encode_seconds = (time.perf_counter() - t0) / len(photos)
+    return decode_rate, 1 / (1 / decode_rate + encode_seconds)
+
+
+def report(reports: list[dict], args: argparse.Namespace) -> None:
+    sizes = [r["photos"] for r in reports]
+    names = list(dict.fromkeys(name for r in reports for name in r["phases"]))
+    print(f"\n{'photos':>24} " + " ".join(f"{n:>17,}" for n in sizes) + "  exponent")
+    print(f"{'captions / vocabulary':>24} " + " ".join(f"{r['captions']:>10,} / {r['vocab']:>5,}" for r in reports))
+    worst = (-math.inf, "", 0.0)
+    for name in names:
+        secs = [r["phases"].get(name, {}).get("seconds", float("nan")) for r in reports]
+        peaks = [r["phases"].get(name, {}).get("peak_gb", float("nan")) for r in reports]
+        exp = exponent(sizes, secs)
+        ranked = secs[-1] >= TOO_SMALL_S
+        if ranked and exp > worst[0]:
+            worst = (exp, name, 0.0)
+        cells = " ".join(f"{s:8.2f}s {p:5.2f}GB" for s, p in zip(secs, peaks))
+        print(f"{name:>24} {cells}  {exp:5.2f}{'' if ranked else ' (under 1 s: not ranked)'}")
+    for kind in ("xe", "scst"):  # what one batch costs grows with the vocabulary (the output layer), not the data
+        cells = " ".join(f"{r[kind + '_batch_seconds']:8.3f}s {'':>6}" for r in reports)
+        print(f"{kind + ' seconds per batch':>24} {cells}  {exponent(sizes, [r[kind + '_batch_seconds'] for r in reports]):5.2f}")
+    sim = [r["simulate_seconds"] for r in reports]
+    print(f"{'(simulating the data)':>24} " + " ".join(f"{s:8.2f}s {'':>6}" for s in sim) + f"  {exponent(sizes, sim):5.2f}")
+    project(reports[-1], args)
+    peak = max(p["peak_gb"] for p in reports[-1]["phases"].values())
+    print(f"scale: worst exponent {worst[0]:.2f} ({worst[1]}), peak RSS {peak:.1f} GB at {sizes[-1]:,} photos")
+
+
+def project(largest: dict, args: argparse.Namespace) -> None:
+    """A whole run of the config's recipe at the largest size, from the measured phases: feature extraction
+    at the measured photo rate, each one-off phase once, each epoch (and its validation and save) times the
+    config's epochs, without early stopping. One GPU: not measured here; the floor is the work that stays on
+    the CPU cores whatever the GPU (JPEG decoding, reading, vocabulary, captions to ids, SCST's rewards)."""
+    cfg = load_config(args.config)
+    ph = {name: p["seconds"] for name, p in largest["phases"].items()}
+    decode_rate, photo_rate = photo_rates(args.config)
+    epochs = cfg.epochs + cfg.scst_epochs
+    every_epoch = ph["validate"] + ph.get("save", 0.0)
+    once = sum(s for n, s in ph.items() if n not in ("xe epoch", "scst epoch", "validate", "save"))
+    rows = {"feature extraction": largest["photos"] / photo_rate, "one-off phases": once,
+            f"cross-entropy, {cfg.epochs} epochs": cfg.epochs * ph["xe epoch"],
+            f"SCST, {cfg.scst_epochs} epochs": cfg.scst_epochs * ph["scst epoch"],
+            f"validation and save, {epochs} times": epochs * every_epoch}
+    rewards = cfg.scst_epochs * largest["train_photos"] * cfg.scst_samples / largest["reward_rate"]
+    floor = (largest["photos"] / decode_rate + rewards
+             + sum(ph[n] for n in ("read records", "vocabulary", "feature cache", "captions to ids")))
+    print(f"\nprojected `make train` ({args.config}, no early stop) on {largest['photos']:,} photos, "
+          f"{os.cpu_count()} cores ({photo_rate:.1f} photos/s through JPEG decoding and the encoder, "
+          f"{largest['xe_batches']:,} XE and {largest['scst_batches']:,} SCST batches per epoch):")
+    for name, seconds in rows.items():
+        print(f"  {name:<32} {seconds / 3600:7.2f} h")
+    print(f"  {'total':<32} {sum(rows.values()) / 3600:7.2f} h")
+    print(f"  one GPU, at least (CPU-bound: JPEG decoding at {decode_rate:.0f} photos/s, reading, SCST rewards at "
+          f"{largest['reward_rate']:.0f} captions/s): {floor / 3600:.2f} h")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default=f"{FLICKR8K_PHOTOS},{2 * FLICKR8K_PHOTOS},{4 * FLICKR8K_PHOTOS},{COCO_PHOTOS}")
+    p.add_argument("--batches", type=int, default=40,
+                   help="cross-entropy batches timed (SCST: half as many); the rest of each epoch is projected")
+    p.add_argument("--config", default="configs/flickr8k.toml", help="the source data set and the training recipe")
+    p.add_argument("--work", default="runs/scale", help="where the simulated data sets go")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one size, in a fresh process
+    args = p.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.config, args.one, args.batches)))
+        return
+    t0 = time.perf_counter()
+    reports = []
+    for size in map(int, args.sizes.split(",")):
+        reports.append(measure(size, args))
+        r = reports[-1]
+        print(f"{size:,} photos: {r['captions']:,} training captions, vocabulary {r['vocab']:,}, "
+              f"{time.perf_counter() - t0:.0f} s so far", flush=True)
+    report(reports, args)
+    print(f"(bench-scale took {(time.perf_counter() - t0) / 60:.1f} min; torch threads {torch.get_num_threads()})")
+
+
+if __name__ == "__main__":
+    main()
