@@ -147,14 +147,13 @@ def generate(source: TrainConfig, out: str | Path, photos: int, val_photos: int,
     encoder = create_encoder(source.encoder, pretrained=True, weights=source.encoder_weights or None)
     data = prepare_data(source, encoder, SingleProcess())
     rng = np.random.default_rng(seed)
-    train_caps = [[tokenize(c) for c in r.captions] for r in data.train]
+    train_caps, val_caps = ([[tokenize(c) for c in r.captions] for r in records] for records in (data.train, data.val))
     lexicon = Lexicon.from_source([c for caps in train_caps for c in caps])
     paths, vectors = [], []
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     first_id = 1
-    for split, n, records, feats in (("train", photos - val_photos, data.train, data.train_feats),
-                                     ("val", val_photos, data.val, data.val_feats)):
-        caps = [[tokenize(c) for c in r.captions] for r in records]
+    for split, n, caps, feats in (("train", photos - val_photos, train_caps, data.train_feats),
+                                  ("val", val_photos, val_caps, data.val_feats)):
         split_captions, split_vectors = simulate_split(n, caps, feats.numpy(), lexicon, rng)
         doc = coco_json(split, first_id, split_captions)
         (out / "annotations" / f"captions_{split}2014.json").write_text(json.dumps(doc))
