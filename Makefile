@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet ground serve bench bench-decode bench-train bench-serve bench-bulk bench-scale \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet onnx ground serve bench bench-decode bench-backends bench-backends-portable bench-train bench-serve bench-bulk bench-scale \
         docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
@@ -58,6 +58,11 @@ eval: install
 eval-imagenet: install
 	$(PY) -m training.hallucination --model $(MODEL) --data-dir ../shared/data/imagenet-samples $(ARGS)
 
+# The ONNX encoder files beside MODEL (captioner.backends), int8 calibrated on training photos; `make train`
+# makes its own. Deterministic: the same checkpoint and photos give the same bytes.
+onnx: install
+	$(PY) -m training.export_onnx --model $(MODEL) --format $(or $(FORMAT),flickr8k) --data-dir $(or $(DATA_DIR),../shared/data/flickr8k) $(ARGS)
+
 # Fit grounding (concept detectors, calibration) onto an already trained MODEL; `make train` fits its own.
 ground: install
 	$(PY) -m training.grounding --model $(MODEL) $(TRAIN_ARGS) $(ARGS)
@@ -67,10 +72,17 @@ ground: install
 serve: install
 	CAPTIONER_MODEL=$(MODEL) PORT=$(PORT) $(PY) -m service.front
 
-bench: bench-decode bench-train bench-serve bench-charlm bench-bulk bench-scale
+bench: bench-decode bench-backends bench-train bench-serve bench-charlm bench-bulk bench-scale
 
 bench-decode: install
 	$(PY) -m bench.decode $(ARGS)
+
+bench-backends: install
+	$(PY) -m bench.backends $(ARGS)
+
+# PyTorch on its AVX2 kernels (ONNX Runtime chooses its kernels by CPUID and cannot be held to AVX2).
+bench-backends-portable: install
+	$(PORTABLE_ENV) $(PY) -m bench.backends $(ARGS)
 
 bench-train: install
 	$(PY) -m bench.train $(ARGS)

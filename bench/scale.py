@@ -11,6 +11,7 @@ projection of a whole COCO run on this machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -166,6 +167,64 @@ def project(largest: dict, args: argparse.Namespace) -> None:
           f"{largest['reward_rate']:.0f} captions/s): {floor / 3600:.2f} h")
 
 
+def step_rates(config: str, device_name: str, vocab_size: int, steps: int = 30) -> dict:
+    """Seconds per training batch on `device_name` at a vocabulary of `vocab_size`, with the config's model,
+    batch sizes and bf16 autocast, on random vectors and captions (a step's cost does not depend on their
+    content): a cross-entropy batch (forward, backward, clipping, AdamW), and an SCST batch's model work
+    (samples, greedy baseline, the teacher-forced policy-gradient pass and its backward). SCST's reward is
+    not in it: it runs on the CPU at the rate `make bench-scale` measures."""
+    from captioner.decoder import CaptionDecoder
+    from captioner.decoding import WordBans
+    from captioner.options import DecodeOptions
+    from captioner.vocab import SPECIALS, Vocabulary
+    from training.runtime import autocast, pick_device
+    from training.scst import greedy_captions, policy_gradient_loss, scst_samples
+    from training.train import xe_loss
+
+    cfg, device = load_config(config), pick_device(device_name)
+    torch.manual_seed(cfg.seed)
+    vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(vocab_size - len(SPECIALS)))])
+    decoder = CaptionDecoder(dataclasses.replace(cfg.decoder, vocab_size=vocab_size, feature_dim=1280)).to(device)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr)
+    bans, words = WordBans.for_vocab(vocab, DecodeOptions()), cfg.scst_max_words or cfg.max_caption_words
+    tokens = torch.randint(len(SPECIALS), vocab_size, (cfg.batch_size, 14), device=device)
+    tokens[:, 0], tokens[:, -1] = vocab.start_id, vocab.end_id
+    feats = torch.randn(cfg.batch_size, 1280, device=device)
+
+    def step(loss: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(decoder.parameters(), cfg.grad_clip)
+        opt.step()
+
+    def xe() -> None:
+        with autocast(device, cfg.amp):
+            step(xe_loss(decoder, feats, tokens, cfg, 0.0)[0])
+
+    def scst() -> None:
+        images = feats[: cfg.scst_batch_images]
+        with autocast(device, cfg.amp):
+            seqs = scst_samples(decoder, images, cfg.scst_samples, words, vocab, bans)
+            greedy_captions(decoder, images, words, vocab, bans)
+            advantages = torch.randn(seqs.size(0), device=device)
+            step(policy_gradient_loss(decoder, images.repeat_interleave(cfg.scst_samples, 0), seqs, advantages,
+                                      vocab.start_id, bans))
+
+    out = {"device": str(device), "vocab": vocab_size}
+    for name, fn in (("xe", xe), ("scst", scst)):
+        for _ in range(3):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out[f"{name}_batch_seconds"] = (time.perf_counter() - t0) / steps
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default=f"{FLICKR8K_PHOTOS},{2 * FLICKR8K_PHOTOS},{4 * FLICKR8K_PHOTOS},{COCO_PHOTOS}")
@@ -174,7 +233,14 @@ def main() -> None:
     p.add_argument("--config", default="configs/flickr8k.toml", help="the source data set and the training recipe")
     p.add_argument("--work", default="runs/scale", help="where the simulated data sets go")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one size, in a fresh process
+    p.add_argument("--steps", metavar="DEVICE", default=None, help="only time training batches on DEVICE (cuda, "
+                   "cpu) at vocabularies --vocabs: what a GPU's column of the projection is built from")
+    p.add_argument("--vocabs", default="2676,9630", help="with --steps (Flickr8k's and simulated COCO's)")
     args = p.parse_args()
+    if args.steps:
+        for vocab in map(int, args.vocabs.split(",")):
+            print(json.dumps(step_rates(args.config, args.steps, vocab)), flush=True)
+        return
     if args.one:
         print(json.dumps(run_one(args.config, args.one, args.batches)))
         return

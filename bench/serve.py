@@ -38,9 +38,10 @@ from .common import PHOTOS, load_or_build, timed
 class Server(GunicornServer):
     """The service under load, with a view of its worker processes."""
 
-    def __init__(self, model_path: str, batch_wait_ms: float, threads: int, front: bool = False):
-        super().__init__(model_path, {"CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads)},
-                         front=front)
+    def __init__(self, model_path: str, batch_wait_ms: float, threads: int, front: bool = False,
+                 env: dict[str, str] | None = None):
+        super().__init__(model_path, {"CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads),
+                                      **(env or {})}, front=front)
 
     def rss_mb(self) -> float:
         total = 0

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from .backends import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND
 from .bulk import caption_library, expand, photo_record
-from .checkpoint import CheckpointError
 from .model import default_model_path, load
 from .options import add_arguments, from_arguments
 from .explain import explanation_page
@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap = sub.add_parser("caption", help="caption image files, folders (recursively) or globs")
     cap.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
+    cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder (default: "
+                     f"${BACKEND_ENV}, else {DEFAULT_BACKEND})")
     add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")
     cap.add_argument("--explain", action="store_true", help="each word with its probability, entropy and alternatives")
@@ -36,19 +38,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap.add_argument("--workers", type=int, default=2, help="with --out: processes reading photos at most (on the "
                      "CPU: only cores the encoder leaves free)")
     cap.add_argument("--no-progress", action="store_true", help="with --out: no progress bar")
+    cap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="with --out: caption on Ray Data "
+                     "actors (the `ray` extra): a local instance, or the cluster at ADDRESS ('auto', 'ray://head:10001')")
+    cap.add_argument("--actors", type=int, default=2, help="with --ray: actors, each holding one model")
     args = parser.parse_args(argv)
     if args.out and (args.explain or args.explain_html):
         parser.error("--out writes captions only; --explain and --explain-html are for a few photos")
-    if args.batch_size < 1 or args.workers < 0:
-        parser.error("--batch-size must be at least 1 and --workers at least 0")
+    if args.batch_size < 1 or args.workers < 0 or args.actors < 1:
+        parser.error("--batch-size and --actors must be at least 1, --workers at least 0")
+    if args.ray and not args.out:
+        parser.error("--ray needs --out FILE.jsonl")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        model = load(args.model)
-    except (FileNotFoundError, CheckpointError) as exc:
+        model = load(args.model, args.backend)
+    except (FileNotFoundError, ValueError) as exc:  # CheckpointError, a bad $CAPTIONER_BACKEND
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
@@ -64,8 +71,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def caption_to_file(model, paths: list[str], options, args) -> int:
     try:
-        summary = caption_library(model, paths, Path(args.out), options, resume=args.resume,
-                                  batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+        if args.ray:
+            from .ray_bulk import caption_library_ray
+
+            summary = caption_library_ray(args.model, paths, Path(args.out), options, backend=model.backend,
+                                          address=None if args.ray == "local" else args.ray, actors=args.actors,
+                                          resume=args.resume, batch_size=args.batch_size, progress=not args.no_progress)
+        else:
+            summary = caption_library(model, paths, Path(args.out), options, resume=args.resume,
+                                      batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
     except FileExistsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -59,10 +59,15 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        try:
-            return i, preprocess(self.paths[i], self.cfg, self.max_pixels), None
-        except Exception as exc:  # whatever a decoder raises on a damaged file, reported with the file's name
-            return i, None, str(exc) or type(exc).__name__
+        return i, *read_photo(self.paths[i], self.cfg, self.max_pixels)
+
+
+def read_photo(path: str | Path, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor | None, str | None]:
+    """(preprocessed tensor, None), or (None, what went wrong) for a file that cannot be read."""
+    try:
+        return preprocess(path, cfg, max_pixels), None
+    except Exception as exc:  # whatever a decoder raises on a damaged file, reported with the file's name
+        return None, str(exc) or type(exc).__name__
 
 
 def decode_workers(requested: int, device: str | torch.device) -> int:
@@ -113,40 +118,52 @@ def batches(model: Captioner, paths: Sequence[str], batch_size: int, workers: in
     yield from loader
 
 
-def caption_library(model: Captioner, paths: Sequence[str], out: Path, options: DecodeOptions, *,
-                    resume: bool = False, batch_size: int = 16, workers: int = 2, progress: bool = True) -> Summary:
-    """Caption every photo of `paths` not yet in `out` into it, one JSON line each, batch by batch."""
+def open_library(paths: Sequence[str], out: Path, resume: bool) -> tuple[list[str], Summary]:
+    """The photos still to caption into `out` and a summary counting the ones it already holds; refuses to
+    overwrite an existing file unless resuming."""
     if out.exists() and not resume:
         raise FileExistsError(f"{out} exists: pass --resume to continue it, or remove it")
     done = done_images(out) if resume else set()
     todo = [p for p in paths if p not in done]
-    summary, started = Summary(skipped=len(paths) - len(todo)), time.perf_counter()
-    bar = _progress(len(todo), progress)
+    return todo, Summary(skipped=len(paths) - len(todo))
+
+
+def caption_library(model: Captioner, paths: Sequence[str], out: Path, options: DecodeOptions, *,
+                    resume: bool = False, batch_size: int = 16, workers: int = 2, progress: bool = True) -> Summary:
+    """Caption every photo of `paths` not yet in `out` into it, one JSON line each, batch by batch."""
+    todo, summary = open_library(paths, out, resume)
+    started, bar = time.perf_counter(), _progress(len(todo), progress)
     with open(out, "a", encoding="utf-8") as f:
         for batch in batches(model, todo, batch_size, workers) if todo else []:
-            for line in _caption_batch(model, [todo[i] for i, _, _ in batch], batch, options, summary):
-                f.write(json.dumps(line) + "\n")
-            f.flush()
+            names = [todo[i] for i, _, _ in batch]
+            write_lines(f, caption_lines(model, names, [(t, e) for _, t, e in batch], options), summary)
             bar.update(len(batch))
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _caption_batch(model: Captioner, names: list[str], batch: list, options: DecodeOptions, summary: Summary) -> list[dict]:
-    ok = [(name, tensor) for name, (_, tensor, _) in zip(names, batch) if tensor is not None]
+def caption_lines(model: Captioner, names: list[str], items: list[tuple[torch.Tensor | None, str | None]],
+                  options: DecodeOptions) -> list[dict]:
+    """Each photo's JSON line, from its preprocessed tensor or what went wrong reading it: the photos read are
+    encoded and decoded as one batch."""
+    ok = [(name, tensor) for name, (tensor, _) in zip(names, items) if tensor is not None]
     captions = model.decode(model.encode(torch.stack([t for _, t in ok])), options) if ok else []
     by_name = {name: caps for (name, _), caps in zip(ok, captions)}
-    lines = []
-    for name, (_, tensor, error) in zip(names, batch):
-        if tensor is None:
-            print(f"error: {name}: {error}", file=sys.stderr)
+    return [photo_record(name, by_name[name]) if tensor is not None else {"image": name, "error": error}
+            for name, (tensor, error) in zip(names, items)]
+
+
+def write_lines(f, lines: list[dict], summary: Summary) -> None:
+    """Append a batch's lines and flush, counting them and reporting the unreadable ones on stderr."""
+    for line in lines:
+        if "error" in line:
+            print(f"error: {line['image']}: {line['error']}", file=sys.stderr)
             summary.failed += 1
-            lines.append({"image": name, "error": error})
-            continue
-        summary.captioned += 1
-        lines.append(photo_record(name, by_name[name]))
-    return lines
+        else:
+            summary.captioned += 1
+        f.write(json.dumps(line) + "\n")
+    f.flush()
 
 
 def photo_record(name: str, captions: list[Caption]) -> dict:

@@ -148,14 +148,19 @@ class CaptionDecoder(nn.Module):
         if "image_gates" in state:
             gx = gx + state["image_gates"]
         h = state["h"][0]
-        gh = h @ self.rnn.weight_hh_l0.T
         new = dict(state)
-        if self.cfg.cell == "lstm":
-            i, f, g, o = (gx + gh).chunk(4, dim=1)
-            c = torch.sigmoid(f) * state["c"][0] + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+        if self.cfg.cell == "lstm":  # one product-and-add, one sigmoid over all four gates: fewer small ops
+            gates = torch.addmm(gx, h, self.rnn.weight_hh_l0.T)
+            hdim = self.cfg.hidden_dim
+            g = gates[:, 2 * hdim : 3 * hdim].tanh()
+            i, f, _, o = gates.sigmoid_().chunk(4, dim=1)
+            c = torch.addcmul(f * state["c"][0], i, g)
+            h = o * c.tanh()
             new["c"] = c.unsqueeze(0)
-        elif self.cfg.cell == "gru":
+            new["h"] = h.unsqueeze(0)
+            return self.out(h), new
+        gh = h @ self.rnn.weight_hh_l0.T
+        if self.cfg.cell == "gru":
             gh = gh + self.rnn.bias_hh_l0
             rx, zx, nx = gx.chunk(3, dim=1)
             rh, zh, nh = gh.chunk(3, dim=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -47,9 +47,8 @@ def _ban_repeated_ngrams(log_probs: torch.Tensor, history: torch.Tensor, n: int)
         return
     grams = history.unfold(1, n, 1)  # [N, t-n+1, n]
     prefix = history[:, t - n + 1 :]  # the last n-1 tokens
-    match = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(dim=2)
-    hits = torch.zeros_like(log_probs).scatter_add_(1, grams[:, :, n - 1], match.to(log_probs.dtype))
-    log_probs.masked_fill_(hits > 0, NEG_INF)
+    rows, starts = (grams[:, :, : n - 1] == prefix.unsqueeze(1)).all(dim=2).nonzero(as_tuple=True)
+    log_probs[rows, grams[rows, starts, n - 1]] = NEG_INF
 
 
 @dataclass(frozen=True)
@@ -70,19 +69,36 @@ class WordBans:
         return cls(vocab.end_id, (vocab.pad_id, vocab.start_id, vocab.unk_id),
                    tuple(vocab.stoi[w] for w in options.no_end_after if w in vocab.stoi), options.min_length)
 
-    @cached_property
-    def _no_end_after(self) -> torch.Tensor:  # built once: mask() runs at every decoding step
-        return torch.tensor(self.no_end_after, dtype=torch.long)
+    @lru_cache(maxsize=16)  # keyed by value: equal bans share their tables
+    def _tables(self, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Built once per vocabulary size and device, since decoding reads them at every step: the words banned
+        ever [V], and per word read whether <end> may not follow it [V]."""
+        ever = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        ever[list(self.suppress)] = True
+        no_end = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        no_end[list(self.no_end_after)] = True
+        return ever, no_end
+
+    def step_bias(self, vocab_size: int, device: torch.device, word_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """What decoding adds to the log-probabilities at every step: -inf at the words banned ever, plus
+        `word_scores` [N, V] when given ([V] without)."""
+        ever = self._tables(vocab_size, device)[0]
+        bias = torch.zeros(vocab_size, device=device).masked_fill_(ever, NEG_INF)
+        return bias if word_scores is None else word_scores + bias
+
+    def ban_end(self, log_probs: torch.Tensor, previous: torch.Tensor, position: int) -> None:
+        """Set, in place, <end>'s score [N, V] to -inf where it may not come after `previous` [N] at `position`."""
+        if position < self.min_length:
+            log_probs[:, self.end_id] = NEG_INF
+        elif self.no_end_after:
+            log_probs[:, self.end_id].masked_fill_(self._tables(log_probs.size(1), previous.device)[1][previous], NEG_INF)
 
     def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
         """Banned words [..., V] given the token just read, `previous` [...], at word `position` (0 for the
         first word; an int, or a tensor broadcastable to `previous`)."""
-        banned = torch.zeros(*previous.shape, vocab_size, dtype=torch.bool, device=previous.device)
-        banned[..., self.suppress] = True
-        end = torch.as_tensor(position, device=previous.device) < self.min_length
-        if self.no_end_after:
-            end = end | torch.isin(previous, self._no_end_after.to(previous.device))
-        banned[..., self.end_id] = end
+        ever, no_end = self._tables(vocab_size, previous.device)
+        banned = ever.expand(*previous.shape, vocab_size).clone()
+        banned[..., self.end_id] = no_end[previous] | (torch.as_tensor(position, device=previous.device) < self.min_length)
         return banned
 
 
@@ -116,13 +132,13 @@ def _words(row: list[int], end_id: int) -> list[int]:
     return row[: row.index(end_id)] if end_id in row else row
 
 
-def _step_log_probs(logits: torch.Tensor, previous: torch.Tensor, t: int, bans: WordBans,
-                    word_scores: torch.Tensor | None, history: torch.Tensor, no_repeat_ngram_size: int) -> torch.Tensor:
-    """Each row's next-word scores [N, V]: the model's log-probabilities with the banned words at -inf, plus
-    the row's `word_scores`, and no word that would repeat an n-gram of `history` [N, t]."""
-    lp = F.log_softmax(logits.float(), dim=-1).masked_fill_(bans.mask(previous, t, logits.size(1)), NEG_INF)
-    if word_scores is not None:
-        lp.add_(word_scores)
+def _step_log_probs(logits: torch.Tensor, previous: torch.Tensor, t: int, bans: WordBans, bias: torch.Tensor,
+                    history: torch.Tensor, no_repeat_ngram_size: int) -> torch.Tensor:
+    """Each row's next-word scores [N, V]: the model's log-probabilities plus `bias` (`WordBans.step_bias`:
+    the words banned ever at -inf, and the row's word scores), <end> at -inf where banned, and no word that
+    would repeat an n-gram of `history` [N, t]. As few operations as possible: this runs at every step."""
+    lp = F.log_softmax(logits.float(), dim=-1).add_(bias)
+    bans.ban_end(lp, previous, t)
     _ban_repeated_ngrams(lp, history, no_repeat_ngram_size)
     return lp
 
@@ -163,6 +179,7 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
     n, device, end_id = features.size(0), features.device, bans.end_id
     draw = _drawer(n, seeds, device, options) if sample else None
     state = decoder.start(features)
+    bias = bans.step_bias(decoder.cfg.vocab_size, device, word_scores)
     alive = torch.arange(n, device=device)  # rows still writing, in the order of `state`
     tokens = torch.full((n,), start_id, dtype=torch.long, device=device)
     out = torch.full((n, options.max_length), end_id, dtype=torch.long, device=device)
@@ -170,8 +187,9 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for t in range(options.max_length):
         logits, state = decoder.step(tokens, state)
-        lp = _step_log_probs(logits, tokens, t, bans, word_scores[alive] if word_scores is not None else None,
-                             out[alive, :t], options.no_repeat_ngram_size)
+        history = out[alive, :t] if t >= options.no_repeat_ngram_size > 0 else out[:0, :0]  # only what is read
+        lp = _step_log_probs(logits, tokens, t, bans, bias[alive] if word_scores is not None else bias, history,
+                             options.no_repeat_ngram_size)
         choice = draw(lp, alive) if draw is not None else lp.argmax(dim=-1)
         log_prob[alive] = log_prob[alive] + lp.gather(1, choice[:, None])[:, 0]
         out[alive, t] = choice
@@ -262,29 +280,36 @@ class _Beams:
         self.fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
         self.offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
 
-    def end_here(self, lp: torch.Tensor, t: int, length_penalty: float) -> None:
-        """Let a hypothesis end with t words if <end> ranks among its image's k best candidates (the usual
-        formulation; it makes beam_size=1 exactly greedy decoding); the pool keeps the k best finished."""
-        b, k, width = self.b, self.k, self.max_length
-        kth = (self.live_score.view(-1, 1) + lp).view(b, -1).topk(k, dim=1).values[:, -1:]
-        end_raw = self.live_score + lp[:, self.end_id].view(b, k)
+    def advance(self, lp: torch.Tensor, t: int, length_penalty: float, may_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step over each image's k x V candidates (live score + next-word score `lp` [b*k, V]).
+
+        Where `may_end`, a hypothesis ends with t words if <end> ranks among its image's k best candidates (the
+        usual formulation; it makes beam_size=1 exactly greedy decoding), and the pool keeps the k best finished.
+        The k best candidates that do not end become the live hypotheses; returns the rows [b*k] they extend (to
+        reorder the decoder's state by) and their new words [b*k]. At most k candidates are <end>s, so those k
+        are among the 2k best: one search over the candidates serves both."""
+        b, k, vocab = self.b, self.k, lp.size(1)
+        top, flat = (self.live_score.view(-1, 1) + lp).view(b, -1).topk(min(2 * k, k * vocab), dim=1)
+        if may_end:
+            self._finish(self.live_score + lp[:, self.end_id].view(b, k), top[:, k - 1 : k], t, length_penalty)
+        self.live_score, pick = top.masked_fill(flat % vocab == self.end_id, NEG_INF).topk(k, dim=1)
+        flat = flat.gather(1, pick)
+        rows = (self.offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
+        words = (flat % vocab).view(-1)
+        self.live_tokens = torch.cat([self.live_tokens.index_select(0, rows), words.unsqueeze(1)], dim=1)
+        return rows, words
+
+    def _finish(self, end_raw: torch.Tensor, kth: torch.Tensor, t: int, length_penalty: float) -> None:
+        """Pool the hypotheses [b, k] whose <end> (score `end_raw`) is at least their image's k-th best candidate."""
         end_raw = end_raw.masked_fill(end_raw < kth, NEG_INF)
+        if not bool((end_raw > NEG_INF).any()):
+            return  # nothing ends at this step: the pool stays as it is
+        b, k, width = self.b, self.k, self.max_length
         end_norm = end_raw / float(t + 1) ** length_penalty
         padded = F.pad(self.live_tokens, (0, width - t), value=self.end_id).view(b, k, width)
         self.fin_norm, pick = torch.cat([self.fin_norm, end_norm], 1).topk(k, dim=1)
         self.fin_raw = torch.cat([self.fin_raw, end_raw], 1).gather(1, pick)
         self.fin_tokens = torch.cat([self.fin_tokens, padded], 1).gather(1, pick.unsqueeze(2).expand(-1, -1, width))
-
-    def extend(self, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keep each image's k best one-word extensions that do not end; returns the rows [b*k] they extend
-        (to reorder the decoder's state by) and their new words [b*k]."""
-        vocab = lp.size(1)
-        lp[:, self.end_id] = NEG_INF
-        self.live_score, flat = (self.live_score.view(-1, 1) + lp).view(self.b, -1).topk(self.k, dim=1)
-        rows = (self.offsets + torch.div(flat, vocab, rounding_mode="floor")).view(-1)
-        words = (flat % vocab).view(-1)
-        self.live_tokens = torch.cat([self.live_tokens.index_select(0, rows), words.unsqueeze(1)], dim=1)
-        return rows, words
 
     def settled(self, n_best: int, length_penalty: float) -> bool:
         """Scores only fall as words are added, so no live hypothesis can end better than this bound."""
@@ -333,13 +358,13 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, 
     beams = _Beams(b, k, options.max_length, bans.end_id, device)
     state = decoder.reorder(decoder.start(features), torch.arange(b, device=device).repeat_interleave(k))
     tokens = torch.full((b * k,), start_id, dtype=torch.long, device=device)
-    row_scores = word_scores.repeat_interleave(k, dim=0) if word_scores is not None else None  # rows stay per image
+    bias = bans.step_bias(decoder.cfg.vocab_size, device, word_scores)
+    if word_scores is not None:
+        bias = bias.repeat_interleave(k, dim=0)  # rows stay per image
     for t in range(options.max_length):
         logits, state = decoder.step(tokens, state)
-        lp = _step_log_probs(logits, tokens, t, bans, row_scores, beams.live_tokens, options.no_repeat_ngram_size)
-        if t >= bans.min_length:
-            beams.end_here(lp, t, penalty)
-        rows, tokens = beams.extend(lp)
+        lp = _step_log_probs(logits, tokens, t, bans, bias, beams.live_tokens, options.no_repeat_ngram_size)
+        rows, tokens = beams.advance(lp, t, penalty, may_end=t >= bans.min_length)
         state = decoder.reorder(state, rows)
         if beams.settled(n_best, penalty):
             break

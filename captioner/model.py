@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
+from .backends import ImageEncoder, image_encoder
 from .decoder import CaptionDecoder, DecoderConfig
 from .decoding import Hypothesis, WordBans, search
 from .encoders import create_encoder
@@ -49,9 +50,11 @@ class Caption:
         return d
 
 
-def encode_images(encoder: nn.Module, batch: torch.Tensor, hflip_average: bool) -> torch.Tensor:
-    """The image vector v for a preprocessed batch [N,3,H,W]: the one definition training and serving share."""
-    batch = batch.contiguous(memory_format=torch.channels_last)
+def encode_images(encoder: ImageEncoder, batch: torch.Tensor, hflip_average: bool) -> torch.Tensor:
+    """The image vector v for a preprocessed batch [N,3,H,W]: the one definition training and serving share
+    (`encoder` is the torch module or a backend that stands in for it)."""
+    if isinstance(encoder, nn.Module):  # the torch module's convolutions are fastest on NHWC; ONNX Runtime takes NCHW
+        batch = batch.contiguous(memory_format=torch.channels_last)
     v = encoder(batch)
     if hflip_average:
         v = 0.5 * (v + encoder(batch.flip(3)))
@@ -71,8 +74,11 @@ class Captioner:
         checkpoint_sha256: str | None = None,
         decoding: dict | None = None,
         grounding: Grounding | None = None,
+        backend: tuple[str, ImageEncoder] | None = None,
     ):
-        self.encoder = encoder.eval().to(memory_format=torch.channels_last)
+        self.encoder = encoder.eval().to(memory_format=torch.channels_last)  # the weights, whatever runs them
+        # What runs the encoder at inference (captioner.backends): the torch module unless given another.
+        self.backend, self.image_encoder = backend or ("torch", self.encoder)
         self.decoder = decoder.eval()
         self.vocab = vocab
         self.preprocess_cfg = preprocess_cfg
@@ -86,7 +92,8 @@ class Captioner:
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(cls, path: str | Path) -> "Captioner":
+    def from_checkpoint(cls, path: str | Path, backend: str | None = None) -> "Captioner":
+        """Rebuild the model in `path`; `backend` runs its encoder (None: $CAPTIONER_BACKEND or the default)."""
         ck = ckpt_io.load(path)
         try:
             encoder = create_encoder(ck.encoder["name"], pretrained=False, with_head=False)
@@ -103,7 +110,9 @@ class Captioner:
         if grounding is None and ck.decoding.get("grounded"):  # else every request would fail, not the load
             raise ckpt_io.CheckpointError(f"{path}: decodes grounded by default but has no grounding")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding, grounding)
+        runs = image_encoder(backend, Path(path), encoder.eval(), pre)
+        return cls(encoder, decoder, vocab, pre, ck.encoder["name"], ck.metrics, ck.info, digest, ck.decoding, grounding,
+                   runs)
 
     def checkpoint(self, metrics: dict | None = None, info: dict | None = None) -> ckpt_io.Checkpoint:
         tensors = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
@@ -129,7 +138,7 @@ class Captioner:
     @torch.inference_mode()
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         """Preprocessed images [N,3,H,W] -> image vectors [N,D]."""
-        return encode_images(self.encoder, batch, self.preprocess_cfg.hflip_average)
+        return encode_images(self.image_encoder, batch, self.preprocess_cfg.hflip_average)
 
     def decode(self, features: torch.Tensor, options: DecodeOptions | None = None, *,
                seeds: Sequence[int | None] | None = None, **overrides) -> list[list[Caption]]:
@@ -198,6 +207,7 @@ class Captioner:
         cfg = self.decoder.cfg
         return {
             "encoder": self.encoder_name,
+            "backend": self.backend,
             "decoder": {"cell": cfg.cell, "hidden_dim": cfg.hidden_dim, "embed_dim": cfg.embed_dim,
                         "num_layers": cfg.num_layers, "conditioning": cfg.conditioning},
             "vocab_size": len(self.vocab),
@@ -209,6 +219,7 @@ class Captioner:
         }
 
 
-def load(path: str | Path | None = None) -> Captioner:
-    """Load a checkpoint (default: $CAPTIONER_MODEL or the shipped Flickr8k model) onto the CPU."""
-    return Captioner.from_checkpoint(path or default_model_path())
+def load(path: str | Path | None = None, backend: str | None = None) -> Captioner:
+    """Load a checkpoint (default: $CAPTIONER_MODEL or the shipped Flickr8k model) onto the CPU, its encoder run
+    by `backend` ("torch", "onnx", "onnx-int8"; default: $CAPTIONER_BACKEND, else `backends.DEFAULT_BACKEND`)."""
+    return Captioner.from_checkpoint(path or default_model_path(), backend)

@@ -36,7 +36,7 @@ class ServiceState:
     def load(self, model: Captioner | None = None) -> None:
         t0 = time.perf_counter()
         try:
-            model = model or load(self.settings.resolved_model_path())
+            model = model or load(self.settings.resolved_model_path(), self.settings.backend or None)
             self.batcher = Batcher(model, self.settings.batch_wait_ms, self.settings.max_batch,
                                    on_batch=self.metrics.batch_size.observe)
             self.model = model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from captioner import __version__
+from captioner.backends import BACKENDS
 from captioner.explain import MAX_N_BEST
 from captioner.grounding import IMPROBABLE, UNFAMILIAR
 from captioner.options import OPTION_FIELDS, PUBLIC_OPTIONS, DecodeOptions, option_type
@@ -161,9 +162,11 @@ def _schemas(options: dict) -> dict:
             "timing_ms": {"type": "object", "required": ["total"],
                           "additionalProperties": {"type": "number", "minimum": 0}},
             "batch_size": {"type": "integer", "minimum": 1}}},
-        "ModelInfo": {"type": "object", "required": ["name", "encoder", "decoder", "vocab_size", "checkpoint_sha256", "metrics"],
+        "ModelInfo": {"type": "object", "required": ["name", "encoder", "backend", "decoder", "vocab_size", "checkpoint_sha256", "metrics"],
                       "properties": {
             "name": {"type": "string"}, "encoder": {"type": "string"},
+            "backend": {"type": "string", "enum": list(BACKENDS),
+                        "description": "what runs the encoder (CAPTIONER_BACKEND)"},
             "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
             "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
             "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},

@@ -64,3 +64,22 @@ def test_resume_continues_a_cut_off_run_without_duplicates(library, tmp_path):
     images = [line["image"] for line in lines(out)]  # every line is whole JSON again
     assert sorted(images) == sorted(set(images)) == sorted(expand([str(library)]))
     assert out.read_text().splitlines()[: len(first) - 1] == first[:-1]  # what was written stays as it was
+
+
+@pytest.mark.slow
+def test_the_ray_runner_captions_a_library_on_a_local_instance_and_resumes(library, tmp_path):
+    """The `ray` extra on a local Ray instance: the same lines as the one-machine run, the broken photo
+    reported, and a resumed run that adds only the new photo."""
+    ray = pytest.importorskip("ray")
+    local, on_ray = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert cli_main(["caption", str(library), "--out", str(local), "--workers", "0", "--no-progress"]) == 1
+    try:
+        assert cli_main(["caption", str(library), "--out", str(on_ray), "--ray", "--actors", "1", "--batch-size", "2",
+                         "--no-progress"]) == 1
+        assert sorted(lines(on_ray), key=lambda d: d["image"]) == sorted(lines(local), key=lambda d: d["image"])
+        shutil.copy(FIXTURES / PHOTOS[2], library / PHOTOS[2])
+        cli_main(["caption", str(library), "--out", str(on_ray), "--ray", "--actors", "1", "--resume", "--no-progress"])
+    finally:
+        ray.shutdown()
+    names = [line["image"] for line in lines(on_ray)]
+    assert len(names) == len(set(names)) == 4 and str(library / PHOTOS[2]) in names

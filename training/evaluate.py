@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from captioner import Caption, Captioner, load
+from captioner.backends import BACKENDS
 from captioner.options import DecodeOptions, add_arguments, from_arguments
 
 from .datasets import FORMATS, DataError, Record, read_records
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--karpathy-json", default="")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder (default: "
+                   "$CAPTIONER_BACKEND, else captioner's default)")
     add_arguments(p)
     p.add_argument("--out", default=None, help="write metrics JSON here")
     p.add_argument("--captions-out", default=None, help="write [{image_id, caption}] JSON here")
@@ -78,14 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S")
     try:
         records = read_records(args.format, args.data_dir, [args.split], args.karpathy_json or None)
-        model = load(args.model)
+        model = load(args.model, args.backend)
         options = model.default_options.updated(from_arguments(args), len(model.vocab), public_only=True)
     except (DataError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     [(scores, captions)] = evaluate(model, records, [options], num_workers=args.num_workers)
     used = {k: v for k, v in options.public_dict().items() if k != "seed"}
-    result = {"split": args.split, "images": len(records), **used, "no_end_after_words": len(options.no_end_after),
+    result = {"split": args.split, "images": len(records), "backend": model.backend, **used, "no_end_after_words": len(options.no_end_after),
               **scores, "human_fluency": human_fluency(records)}
     print(json.dumps(result, indent=2))
     if args.out:

@@ -41,6 +41,7 @@ from .config import TrainConfig
 from .data import TrainingData, epoch_batches, prepare_data
 from .datasets import DataError
 from .evaluate import evaluate, human_fluency
+from .export_onnx import export_for_training
 from .fluency import disfluent_pct
 from .grounding import caption_score_floor, fit_grounding
 from .hallucination import chair
@@ -390,6 +391,8 @@ class Trainer:
         path = self.out / "model.safetensors"
         dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else None
         save_checkpoint(path, self.captioner.checkpoint(metrics={}, info=info), dtype=dtype)
+        with self.clock("onnx export"):  # from the file, so the ONNX weights are the ones it holds (export_dtype)
+            export_for_training(Captioner.from_checkpoint(path, backend="torch"), path, self.data.train)
         others = [k for k in cfg.final_beam_sizes if k != self.options.beam_size]  # the default is scored anyway
         options = [self.options] + [dataclasses.replace(self.options, beam_size=k) for k in others]
         with self.clock("final evaluation"):

@@ -1,0 +1,159 @@
+"""Encoder backends side by side (torch, onnx, onnx-int8), every figure from one run on one machine:
+
+    make bench-backends [ARGS="--photos 1000 --service-seconds 20"]
+    make bench-backends-portable    # the same on PyTorch's AVX2 kernels (ONNX Runtime picks its own, see below)
+
+Rows: the encoder at batch 1 and 8; one photo end to end (JPEG to caption, the model's default decoding); a
+batch of 8 photos per photo; explain (49 occluded copies + the photo, one request); the service's throughput with
+8 clients (one worker behind its front); the library command over real photos. Each in-process row takes the
+median of rounds in which the backends take turns, so all see the same machine. Ratios are against torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from captioner import Captioner, default_model_path, load
+from captioner.backends import BACKENDS
+from captioner.bulk import caption_library, expand
+
+from .common import PHOTOS, timed
+from .decode import alternating_medians
+from .serve import Server, closed_loop
+
+DEV_PHOTOS = "../shared/data/flickr8k/images"
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def in_process_rows(models: dict[str, Captioner], photos: list[Path], rounds: int) -> dict[str, dict[str, float]]:
+    """Seconds per photo for each row and backend, the backends alternating within each row."""
+    eight = [photos[i % len(photos)] for i in range(8)]
+    rows: dict[str, Callable[[Captioner], Callable[[], object]]] = {
+        "encoder, batch 1": lambda m: (lambda x=m.preprocess(photos[0]).unsqueeze(0): m.encode(x)),
+        "encoder, batch 8 (per photo)": lambda m: (lambda x=torch.stack([m.preprocess(p) for p in eight]): m.encode(x)),
+        "one photo end to end": lambda m: (lambda: m.caption([photos[0]])),
+        "8 photos batched (per photo)": lambda m: (lambda: m.caption(eight)),
+        "explain, one photo": lambda m: (lambda: m.caption([photos[0]], explain=True)),
+    }
+    per_photo = {"encoder, batch 8 (per photo)": 8, "8 photos batched (per photo)": 8}
+    out = {}
+    for row, make in rows.items():
+        medians = alternating_medians({b: make(m) for b, m in models.items()}, rounds)
+        out[row] = {b: s / per_photo.get(row, 1) for b, s in medians.items()}
+    return out
+
+
+def service_rows(model_path: Path, backends: list[str], photo: bytes, seconds: float) -> dict[str, float]:
+    """Requests per second with 8 clients, one worker behind its front (gunicorn alone without nginx)."""
+    from service import front
+
+    rates = {}
+    for backend in backends:
+        srv = Server(str(model_path), 5.0, threads=8, front=bool(front.nginx_path()), env={"CAPTIONER_BACKEND": backend})
+        try:
+            closed_loop(srv.port, photo, 8, 3)  # warm-up
+            results, secs = closed_loop(srv.port, photo, 8, seconds)
+        finally:
+            srv.stop()
+        rates[backend] = sum(code == 200 for code, _ in results) / secs
+    return rates
+
+
+def bulk_rows(models: dict[str, Captioner], paths: list[str]) -> dict[str, float]:
+    """Seconds per photo of the library command per backend (batches of 16), torch one photo at a time too,
+    and each backend's in-memory batched encoder rate over the same photos (the ceiling bulk is held to)."""
+    out = {}
+    for backend, model in models.items():
+        runs = [(backend, 16, 2)] + ([("torch, batch 1", 1, 0)] if backend == "torch" else [])
+        for label, size, workers in runs:
+            with tempfile.TemporaryDirectory() as tmp:
+                s = caption_library(model, paths, Path(tmp) / "out.jsonl", model.default_options, batch_size=size,
+                                    workers=workers, progress=False)
+            out[label] = s.seconds / max(1, s.captioned)
+        batch = torch.stack([model.preprocess(p) for p in paths[:64]])
+        model.encode(batch[:16])
+        out[f"{backend} encoder alone"] = timed(lambda: [model.encode(c) for c in batch.split(16)], repeat=3) / len(batch)
+    return out
+
+
+def decoder_step(model: Captioner, photo: Path, short: int = 6, long: int = 18) -> None:
+    """A batch-1 decoding step against its memory floor: the bytes the step must read (the recurrent weight,
+    the output layer) over the rate at which this machine reads them in the step's own two products alone. A
+    step's cost is the slope of decoding time over forced lengths (<end> banned until then), so what a decode
+    costs once (its start, grounding, the answer) is not counted in it."""
+    dec = model.decoder
+    weights = [dec.rnn.weight_hh_l0, dec.out.weight, dec.out.bias]
+    size = sum(w.numel() * w.element_size() for w in weights)
+    h = torch.zeros(1, dec.cfg.hidden_dim)
+    with torch.inference_mode():
+        floor = timed(lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(100)]) / 100
+        big = torch.ones(256 * 2**20 // 4)  # 256 MB, read from memory rather than cache
+        dram = big.numel() * 4 / timed(lambda: big.sum(), repeat=5)
+    v = model.encode(model.preprocess(photo).unsqueeze(0))
+    for method, k in (("greedy", 1), ("beam 3", 3)):
+        t = {n: timed(lambda n=n: model.decode(v, beam_size=k, min_length=n, max_length=n), repeat=20)
+             for n in (short, long)}
+        step = (t[long] - t[short]) / (long - short)
+        print(f"decoder step, {method} at batch 1: {1000 * step:.3f} ms; reads {size / 2**20:.1f} MiB of weights, "
+              f"floor {1000 * floor:.3f} ms ({size / floor / 1e9:.1f} GB/s in the two products alone; a 256 MB "
+              f"sum reads {dram / 1e9:.1f} GB/s) -> {step / floor:.2f}x the floor")
+
+
+def table(title: str, rows: dict[str, dict[str, float]], backends: list[str], unit: str = "ms", scale: float = 1000) -> None:
+    print(f"\n{title}")
+    print(f"{'':<30}" + "".join(f"{b:>12}" for b in backends) + "".join(f"{b + '/torch':>18}" for b in backends[1:]))
+    for row, values in rows.items():
+        cells = "".join(f"{scale * values[b]:>10.1f}{unit:>2}" for b in backends)
+        ratios = "".join(f"{values[b] / values['torch']:>17.2f}x" for b in backends[1:])
+        print(f"{row:<30}{cells}{ratios}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default=None)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--photos", type=int, default=1000, help="library-command photos (0: skip that row)")
+    p.add_argument("--data-dir", default=DEV_PHOTOS)
+    p.add_argument("--service-seconds", type=float, default=20, help="per backend (0: skip the service row)")
+    args = p.parse_args()
+    models = {b: load(args.model, backend=b) for b in BACKENDS}
+    backends = list(models)
+    paths = expand([args.data_dir])[: args.photos] if Path(args.data_dir).is_dir() else []
+    photos = [Path(x) for x in paths[:8]] or PHOTOS
+    isa = os.environ.get("ATEN_CPU_CAPABILITY", "default") + " torch kernels"
+    print(f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads, {isa}; "
+          f"photos: {photos[0].parent}")
+    rows = in_process_rows(models, photos, args.rounds)
+    table("in process, per photo (median of alternating rounds)", rows, backends)
+    if args.service_seconds:
+        rates = service_rows(args.model or default_model_path(), backends, photos[0].read_bytes(), args.service_seconds)
+        print("\nservice, 8 clients, one worker: " + ", ".join(f"{b} {r:.1f} req/s" for b, r in rates.items()) + "; " +
+              ", ".join(f"{b}/torch {rates[b] / rates['torch']:.2f}x" for b in backends[1:]))
+    if paths:
+        bulk = bulk_rows(models, paths)
+        print(f"\nlibrary command over {len(paths)} photos (batches of 16, 2 reading workers), ms per photo: " +
+              ", ".join(f"{k} {1000 * v:.1f}" for k, v in bulk.items()))
+        for b in backends:
+            print(f"  {b}: {bulk[f'{b} encoder alone'] / bulk[b]:.2f}x the encoder's own batched rate; "
+                  f"{bulk[b] / bulk['torch, batch 1']:.2f}x the time per photo of torch at batch 1")
+    decoder_step(models["torch"], photos[0])
+    e2e = rows["one photo end to end"]
+    print("\nbackends: one photo end to end " + ", ".join(f"{b} {e2e[b] / e2e['torch']:.2f}x" for b in backends[1:]) +
+          " the time of torch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Encoder backends: what runs the CNN that turns a preprocessed photo into the vector v.
+
+- `torch`: the checkpoint's own module; the reference, and training's path.
+- `onnx`: the same network exported to ONNX and run by ONNX Runtime (fp32).
+- `onnx-int8`: that file statically quantised (int8 weights per channel, uint8 activations) on training photos.
+
+The ONNX files live beside the checkpoint (`NAME.encoder.onnx`, `NAME.encoder-int8.onnx`) and are made from it by
+`captioner.export` (`make onnx`). Each carries the digest of the encoder weights and preprocessing it was
+exported from, so a file made from another checkpoint is refused rather than quietly giving other vectors.
+The decoder always runs in torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+from .preprocess import PreprocessConfig
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+# The fastest backend that keeps torch's captions: int8 is faster still but loses dev CIDEr (docs/speed.md).
+DEFAULT_BACKEND = "onnx"
+BACKEND_ENV = "CAPTIONER_BACKEND"
+SUFFIXES = {"onnx": ".encoder.onnx", "onnx-int8": ".encoder-int8.onnx"}
+DIGEST_KEY = "captioner.encoder_sha256"  # ONNX metadata: what the file was exported from
+INPUT_NAME, OUTPUT_NAME = "image", "v"
+
+log = logging.getLogger("captioner.backends")
+ImageEncoder = Callable[[torch.Tensor], torch.Tensor]  # preprocessed [N,3,H,W] -> [N,D]
+
+
+def onnx_path(checkpoint: str | Path, backend: str) -> Path:
+    """Where `backend`'s ONNX file for `checkpoint` lives: beside it, named after it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".safetensors") + SUFFIXES[backend])
+
+
+def encoder_digest(encoder: nn.Module, preprocess: PreprocessConfig) -> str:
+    """sha256 of the encoder's weights (names, shapes, fp32 bytes) and its preprocessing: equal digests, equal v."""
+    h = hashlib.sha256(json.dumps(preprocess.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        t = t.float() if t.is_floating_point() else t
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def requested_backend(backend: str | None) -> tuple[str, bool]:
+    """(backend, whether someone asked for it): the argument, else $CAPTIONER_BACKEND, else the default."""
+    name = backend or os.environ.get(BACKEND_ENV) or ""
+    if name and name not in BACKENDS:
+        raise ValueError(f"unknown encoder backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return (name, True) if name else (DEFAULT_BACKEND, False)
+
+
+class OnnxEncoder:
+    """An ONNX Runtime session over one exported encoder file, called like the torch module it replaces."""
+
+    def __init__(self, path: Path, digest: str, threads: int | None = None):
+        import onnxruntime as ort  # only here: a torch-only install never needs it
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        # Spinning threads would take the cores from the torch decoder that runs right after each batch.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types for a broken file
+            raise CheckpointError(f"{path}: not a readable ONNX encoder ({exc})") from exc
+        made_from = self.session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)
+        if made_from != digest:
+            raise CheckpointError(f"{path} was exported from another checkpoint (encoder {str(made_from)[:12]}, this "
+                                  f"checkpoint's {digest[:12]}): export it again with `make onnx` "
+                                  f"(python -m training.export_onnx)")
+        self.path = path
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        pixels = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0])
+
+
+def image_encoder(backend: str | None, checkpoint: Path, encoder: nn.Module,
+                  preprocess: PreprocessConfig) -> tuple[str, ImageEncoder]:
+    """The backend that will run and the callable that runs it. A backend someone asked for (argument or
+    $CAPTIONER_BACKEND) whose file is missing is an error; the default falls back to torch, saying so."""
+    name, asked = requested_backend(backend)
+    if name == "torch":
+        return name, encoder
+    path = onnx_path(checkpoint, name)
+    if not path.is_file():
+        if asked:
+            raise CheckpointError(f"backend {name!r} needs {path}, which is not there: make it with `make onnx` "
+                                  f"(python -m training.export_onnx --model {checkpoint})")
+        log.warning("no %s beside %s: encoding with torch (make it with `make onnx`)", path.name, checkpoint)
+        return "torch", encoder
+    return name, OnnxEncoder(path, encoder_digest(encoder, preprocess))

@@ -1,0 +1,125 @@
+"""Encoder backends: ONNX Runtime gives torch's vectors and captions, files are bound to their checkpoint, and
+the backend is chosen as documented (argument, $CAPTIONER_BACKEND, default with a torch fallback)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+import captioner
+from captioner import CheckpointError, checkpoint
+from captioner.__main__ import main as cli
+from captioner.backends import BACKEND_ENV, DEFAULT_BACKEND, onnx_path
+from captioner.decoder import CaptionDecoder
+from captioner.encoders import create_encoder
+from captioner.export import export_onnx
+from captioner.model import Captioner
+
+from .conftest import FIXTURES, LITE0, tiny_decoder, tiny_vocab
+
+PHOTOS = sorted(p for p in FIXTURES.iterdir() if p.suffix == ".jpg")
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a, b, dim=1)
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, Captioner]:
+    return {b: captioner.load(backend=b) for b in ("torch", "onnx", "onnx-int8")}
+
+
+def test_shipped_onnx_gives_torchs_vectors_and_captions(shipped):
+    batch = torch.stack([shipped["torch"].preprocess(p) for p in PHOTOS])
+    v = {b: m.encode(batch) for b, m in shipped.items()}
+    assert (v["onnx"] - v["torch"]).abs().max() < 1e-3 * v["torch"].abs().max()
+    assert cosine(v["onnx-int8"], v["torch"]).min() > 0.98  # int8: close, not equal
+    captions = {b: [c[0].text for c in m.caption(list(PHOTOS))] for b, m in shipped.items()}
+    assert captions["onnx"] == captions["torch"]
+    assert {m.backend for m in shipped.values()} == {"torch", "onnx", "onnx-int8"}
+
+
+def test_explain_runs_its_occlusions_on_the_backend(shipped, cat_photo):
+    model = shipped["onnx-int8"]
+    rows, run = [], model.image_encoder
+
+    def counting(batch):
+        rows.append(batch.size(0))
+        return run(batch)
+
+    model.image_encoder = counting
+    try:
+        [[caption]] = model.caption(cat_photo, explain=True)
+    finally:
+        model.image_encoder = run
+    assert rows == [1, 50]  # the photo, then it and its 7 x 7 occluded copies in one batch
+    assert caption.explanation is not None
+
+
+def small_checkpoint(tmp_path, name: str, seed: int):
+    torch.manual_seed(seed)
+    vocab = tiny_vocab(30)
+    model = Captioner(create_encoder("efficientnet_lite0"), tiny_decoder(len(vocab)), vocab, LITE0.preprocess(),
+                      "efficientnet_lite0")
+    path = tmp_path / f"{name}.safetensors"
+    checkpoint.save(path, model.checkpoint())
+    return captioner.load(path, backend="torch"), path
+
+
+def test_export_is_deterministic_bound_to_its_checkpoint_and_refused_elsewhere(tmp_path, cat_photo, coffee_photo):
+    model, path = small_checkpoint(tmp_path, "a", seed=0)
+    calibration = [model.preprocess(p) for p in (cat_photo, coffee_photo)]
+    first = [f.read_bytes() for f in export_onnx(model, path, calibration)]
+    assert [onnx_path(path, "onnx").is_file(), onnx_path(path, "onnx-int8").is_file()] == [True, True]
+    again = [f.read_bytes() for f in export_onnx(model, path, calibration)]
+    assert first == again  # the same checkpoint and photos: the same bytes
+
+    batch = torch.stack(calibration)
+    exported = captioner.load(path, backend="onnx")
+    assert (exported.encode(batch) - model.encode(batch)).abs().max() < 1e-4
+
+    other, other_path = small_checkpoint(tmp_path, "b", seed=1)
+    export_onnx(other, other_path)
+    shutil.copy(onnx_path(other_path, "onnx"), onnx_path(path, "onnx"))  # b's encoder file beside a
+    with pytest.raises(CheckpointError, match="exported from another checkpoint"):
+        captioner.load(path, backend="onnx")
+
+
+def test_backend_choice_argument_environment_default(tmp_path, monkeypatch, caplog):
+    model, path = small_checkpoint(tmp_path, "m", seed=0)
+    with pytest.raises(CheckpointError, match="make onnx"):
+        captioner.load(path, backend="onnx")  # asked for, no file: an error that says how to make it
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    with caplog.at_level(logging.WARNING, logger="captioner.backends"):
+        assert captioner.load(path).backend == "torch"  # the default, no file: torch, and it says so
+    assert "encoding with torch" in caplog.text
+    monkeypatch.setenv(BACKEND_ENV, "onnx-int8")
+    with pytest.raises(CheckpointError):
+        captioner.load(path)  # the environment asks for it: like the argument
+    monkeypatch.setenv(BACKEND_ENV, "tensorrt")
+    with pytest.raises(ValueError, match="unknown encoder backend"):
+        captioner.load(path)
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert captioner.load().backend == "torch"
+    monkeypatch.delenv(BACKEND_ENV)
+    assert captioner.load().backend == DEFAULT_BACKEND  # the shipped model carries its files
+
+
+def test_cli_backend_flag(cat_photo, capsys):
+    assert cli(["caption", "--backend", "onnx", "--json", str(cat_photo)]) == 0
+    line = json.loads(capsys.readouterr().out.splitlines()[0])
+    [[torch_caption]] = captioner.load(backend="torch").caption(cat_photo)
+    assert line["captions"][0]["text"] == torch_caption.text
+
+
+def test_a_new_decoder_on_the_same_encoder_keeps_its_files(tmp_path):
+    """The binding is the encoder's weights and preprocessing, not the file: retraining the decoder keeps them valid."""
+    model, path = small_checkpoint(tmp_path, "c", seed=0)
+    export_onnx(model, path)
+    model.decoder = CaptionDecoder(model.decoder.cfg)  # retrained decoder, same encoder
+    checkpoint.save(path, model.checkpoint())
+    assert captioner.load(path, backend="onnx").backend == "onnx"
