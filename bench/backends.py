@@ -89,27 +89,29 @@ def bulk_rows(models: dict[str, Captioner], paths: list[str]) -> dict[str, float
     return out
 
 
-def decoder_step(model: Captioner, photo: Path, short: int = 6, long: int = 18) -> None:
+def decoder_step(model: Captioner, photo: Path, short: int = 6, long: int = 18, rounds: int = 5) -> None:
     """A batch-1 decoding step against its memory floor: the bytes the step must read (the recurrent weight,
     the output layer) over the rate at which this machine reads them in the step's own two products alone. A
     step's cost is the slope of decoding time over forced lengths (<end> banned until then), so what a decode
-    costs once (its start, grounding, the answer) is not counted in it."""
+    costs once (its start, grounding, the answer) is not counted in it. Medians of `rounds` rounds in which
+    the floor and the decodes take turns."""
     dec = model.decoder
     weights = [dec.rnn.weight_hh_l0, dec.out.weight, dec.out.bias]
     size = sum(w.numel() * w.element_size() for w in weights)
     h = torch.zeros(1, dec.cfg.hidden_dim)
-    with torch.inference_mode():
-        floor = timed(lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(100)]) / 100
-        big = torch.ones(256 * 2**20 // 4)  # 256 MB, read from memory rather than cache
-        dram = big.numel() * 4 / timed(lambda: big.sum(), repeat=5)
     v = model.encode(model.preprocess(photo).unsqueeze(0))
+    runs = {"floor": lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(20)]}
+    for k in (1, 3):
+        for n in (short, long):
+            runs[f"{k}/{n}"] = lambda k=k, n=n: model.decode(v, beam_size=k, min_length=n, max_length=n)
+    with torch.inference_mode():
+        t = alternating_medians(runs, rounds)
+    floor = t["floor"] / 20
     for method, k in (("greedy", 1), ("beam 3", 3)):
-        t = {n: timed(lambda n=n: model.decode(v, beam_size=k, min_length=n, max_length=n), repeat=20)
-             for n in (short, long)}
-        step = (t[long] - t[short]) / (long - short)
+        step = (t[f"{k}/{long}"] - t[f"{k}/{short}"]) / (long - short)
         print(f"decoder step, {method} at batch 1: {1000 * step:.3f} ms; reads {size / 2**20:.1f} MiB of weights, "
-              f"floor {1000 * floor:.3f} ms ({size / floor / 1e9:.1f} GB/s in the two products alone; a 256 MB "
-              f"sum reads {dram / 1e9:.1f} GB/s) -> {step / floor:.2f}x the floor")
+              f"floor {1000 * floor:.3f} ms ({size / floor / 1e9:.1f} GB/s in the two products alone) -> "
+              f"{step / floor:.2f}x the floor")
 
 
 def table(title: str, rows: dict[str, dict[str, float]], backends: list[str], unit: str = "ms", scale: float = 1000) -> None:
