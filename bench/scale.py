@@ -177,7 +177,8 @@ def step_rates(config: str, device_name: str, vocab_size: int, steps: int = 30) 
     from captioner.decoding import WordBans
     from captioner.options import DecodeOptions
     from captioner.vocab import SPECIALS, Vocabulary
-    from training.runtime import autocast, pick_device
+    from captioner.precision import autocast
+    from training.runtime import pick_device
     from training.scst import greedy_captions, policy_gradient_loss, scst_samples
     from training.train import xe_loss
 

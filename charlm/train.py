@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from captioner.checkpoint import atomic_write
+from captioner.precision import autocast
 
 from .model import CharLM, CharLMConfig, CharVocab, load, save
 
@@ -110,6 +111,7 @@ class CharTrainConfig:
     eval_chars: int = 50_000  # held-out characters scored during training; the final score uses the whole tail
     held_out: float = 0.05
     carry_state: bool = True  # False resets the state every chunk (the ablation: no memory beyond T)
+    amp: bool = False  # bf16 autocast for training steps where the CPU runs bf16 natively (no-op elsewhere)
     seed: int = 1234
     threads: int = 0
     out: str = "runs/charlm"
@@ -176,13 +178,14 @@ class CharTrainer:
         x, y = self.train[:, pos : pos + cfg.bptt], self.train[:, pos + 1 : pos + cfg.bptt + 1]
         for group in self.opt.param_groups:
             group["lr"] = st["lr"]
-        logits, state = self.model(x, self.carried if cfg.carry_state else None)
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1))
+        with autocast(torch.device("cpu"), cfg.amp):
+            logits, state = self.model(x, self.carried if cfg.carry_state else None)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
-        self.carried = detach(state)  # carried forward, but no gradient flows back past this chunk
+        self.carried = detach(state)  # carried forward (as autocast left it), no gradient flows back past this chunk
         st["step"] += 1
         st["chars"] += x.numel()
         st["position"] = pos + cfg.bptt

@@ -1,5 +1,4 @@
-"""Where training runs: the device, bf16 autocast where the hardware has it, and torchrun's processes
-(`Distributed`) or a single one (`SingleProcess`)."""
+"""Where training runs: the device, and torchrun's processes (`Distributed`) or a single one (`SingleProcess`)."""
 
 from __future__ import annotations
 
@@ -11,13 +10,6 @@ from dataclasses import dataclass
 import torch
 
 log = logging.getLogger("training")
-
-
-def autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast where the hardware runs bf16 natively (CUDA; CPUs with avx512_bf16 or AMX); elsewhere a
-    no-op, since emulated bf16 is slower than fp32 (docs/experiments.md has the measurements)."""
-    native = device.type == "cuda" or (device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and native)
 
 
 def pick_device(name: str) -> torch.device:

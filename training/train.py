@@ -35,6 +35,7 @@ from captioner.encoders import create_encoder
 from captioner.decoding import WordBans
 from captioner.model import Captioner
 from captioner.options import DecodeOptions
+from captioner.precision import autocast
 
 from . import config as config_mod
 from .config import TrainConfig
@@ -49,7 +50,7 @@ from .metrics import CiderD, quick_scores
 from .phases import PhaseClock
 from .report import write_model_card, write_plot
 from .retrieval import Retrieval, train_retrieval, val_self_retrieval
-from .runtime import Distributed, autocast, pick_device
+from .runtime import Distributed, pick_device
 from .scst import Reward, scst_loss
 
 log = logging.getLogger("training")
