@@ -1,12 +1,13 @@
 """Encoder backends side by side (torch, onnx, onnx-int8), every figure from one run on one machine:
 
     make bench-backends [ARGS="--photos 1000 --service-seconds 20"]
-    make bench-backends-portable    # the same on PyTorch's AVX2 kernels (ONNX Runtime picks its own, see below)
+    make bench-backends-portable    # PyTorch on AVX2 kernels (ONNX Runtime picks its kernels by CPUID)
 
 Rows: the encoder at batch 1 and 8; one photo end to end (JPEG to caption, the model's default decoding); a
 batch of 8 photos per photo; explain (49 occluded copies + the photo, one request); the service's throughput with
-8 clients (one worker behind its front); the library command over real photos. Each in-process row takes the
-median of rounds in which the backends take turns, so all see the same machine. Ratios are against torch.
+8 clients (one worker behind its front); the library command over real photos; and a batch-1 decoding step
+against its memory floor. Each in-process row takes the median of rounds in which the backends take turns,
+so all see the same machine. Ratios are against torch.
 """
 
 from __future__ import annotations
