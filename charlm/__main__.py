@@ -17,7 +17,8 @@ from captioner.checkpoint import CheckpointError
 
 from .cells import cell_report, cells_page
 from .model import load
-from .train import CharTrainConfig, CharTrainer, TextError, read_text, split_text, stdlib_text
+from .score import TextError
+from .train import CharTrainConfig, CharTrainer, read_text, split_text, stdlib_text
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def train_command(args) -> int:
     trainer.fit()
     metrics = trainer.finish()
     print(f"wrote {trainer.out / 'model.safetensors'} ({metrics['chars_per_second']} characters/s in training)")
-    print(f"held-out bpc {metrics['val_bpc']:.3f}")
+    print(f"held-out bpc {metrics['val_bpc']:.3f} as trained, {metrics['val_bpc_adaptive']:.3f} learning as it reads")
     return 0
 
 

@@ -61,7 +61,7 @@ class CharLMConfig:
     hidden_dim: int = 512
     num_layers: int = 1
     dropout: float = 0.0
-    embed_dim: int = 0  # 0: one-hot input (as in the seed), else a learned embedding of this size
+    embed_dim: int = 64  # a learned embedding of this size; 0: one-hot input (as in the seed)
 
     def __post_init__(self):
         if self.cell not in CELLS:

@@ -26,13 +26,9 @@ from captioner.checkpoint import atomic_write
 from captioner.precision import autocast
 
 from .model import CharLM, CharLMConfig, CharVocab, load, save
+from .score import LN2, TextError, adaptive_bits_per_char, bits_per_char, detach, streams
 
 log = logging.getLogger("charlm")
-LN2 = math.log(2)
-
-
-class TextError(ValueError):
-    """The text cannot be trained on (empty, binary, too short)."""
 
 
 def stdlib_text() -> str:
@@ -64,45 +60,16 @@ def split_text(text: str, held_out: float) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
-def streams(ids: torch.Tensor, batch: int) -> torch.Tensor:
-    """Cut [N] into `batch` contiguous streams [B, N // B]: row b continues where it left off, chunk after chunk."""
-    n = ids.numel() // batch
-    return ids[: n * batch].view(batch, n)
-
-
-def detach(state):
-    if state is None:
-        return None
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
-
-
-@torch.no_grad()
-def bits_per_char(model: CharLM, ids: torch.Tensor, batch: int = 32, chunk: int = 256, carry: bool = True) -> float:
-    """Held-out bpc: the text in `batch` streams, state carried over chunks (or reset at each, with
-    `carry=False`), every character predicted once (except each stream's first)."""
-    if ids.numel() < 2:
-        raise TextError("nothing to score: fewer than 2 held-out characters")
-    was = model.training
-    model.eval()
-    data = streams(ids, min(batch, ids.numel() // 2))  # a short text: fewer streams, each at least 2 long
-    total, count, state = 0.0, 0, None
-    for start in range(0, data.size(1) - 1, chunk):
-        x, y = data[:, start : start + chunk], data[:, start + 1 : start + chunk + 1]
-        x = x[:, : y.size(1)]
-        logits, state = model(x, state if carry else None)
-        total += F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="sum").item()
-        count += y.numel()
-    model.train(was)
-    return total / max(count, 1) / LN2
-
-
 @dataclass
 class CharTrainConfig:
     text: str | None = None  # file; None: the Python standard library
     model: CharLMConfig = field(default_factory=CharLMConfig)  # --model.cell gru, --model.hidden-dim 256, ...
-    batch_size: int = 64  # parallel streams
-    bptt: int = 128  # T: characters per chunk (gradient horizon)
-    lr: float = 2e-3
+    batch_size: int = 128  # parallel streams
+    bptt: int = 64  # T: characters per chunk (gradient horizon)
+    lr: float = 4e-3  # peak learning rate
+    schedule: str = "cosine"  # "cosine": warm up, then decay to lr * min_lr over the budget; "plateau": halve when held-out stalls
+    warmup: float = 0.02  # share of the budget spent warming up (cosine)
+    min_lr: float = 0.02  # final learning rate as a share of lr (cosine)
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     minutes: float = 25.0  # time budget for training steps (evaluation and I/O not counted)
@@ -111,7 +78,7 @@ class CharTrainConfig:
     eval_chars: int = 50_000  # held-out characters scored during training; the final score uses the whole tail
     held_out: float = 0.05
     carry_state: bool = True  # False resets the state every chunk (the ablation: no memory beyond T)
-    amp: bool = False  # bf16 autocast for training steps where the CPU runs bf16 natively (no-op elsewhere)
+    amp: bool = True  # bf16 autocast for training steps where the CPU runs bf16 natively (no-op elsewhere)
     seed: int = 1234
     threads: int = 0
     out: str = "runs/charlm"
@@ -120,6 +87,17 @@ class CharTrainConfig:
     def __post_init__(self):
         if self.model.vocab_size:
             raise ValueError("model.vocab_size comes from the training text; leave it unset")
+        if self.schedule not in ("cosine", "plateau"):
+            raise ValueError(f"schedule must be 'cosine' or 'plateau', got {self.schedule!r}")
+
+
+def cosine_lr(cfg: CharTrainConfig, progress: float) -> float:
+    """Linear warm-up over the first `warmup` of the budget, then half a cosine from `lr` down to
+    `lr * min_lr` at the end, so every budget ends annealed."""
+    if progress < cfg.warmup:
+        return cfg.lr * (progress + 1e-3) / (cfg.warmup + 1e-3)
+    done = (progress - cfg.warmup) / max(1.0 - cfg.warmup, 1e-9)
+    return cfg.lr * (cfg.min_lr + (1 - cfg.min_lr) * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
 
 
 class CharTrainer:
@@ -176,6 +154,8 @@ class CharTrainer:
         cfg, st = self.cfg, self.state
         pos = st["position"]
         x, y = self.train[:, pos : pos + cfg.bptt], self.train[:, pos + 1 : pos + cfg.bptt + 1]
+        if cfg.schedule == "cosine":
+            st["lr"] = cosine_lr(cfg, self.progress())
         for group in self.opt.param_groups:
             group["lr"] = st["lr"]
         with autocast(torch.device("cpu"), cfg.amp):
@@ -193,6 +173,15 @@ class CharTrainer:
             st.update(position=0, epoch=st["epoch"] + 1)
             self.carried = None
         return loss.item() / LN2
+
+    def progress(self) -> float:
+        """How much of the budget is spent, 0 to 1: the time budget, or the step limit where one is set and
+        nearer (tests), both read from the resumable state."""
+        st, cfg = self.state, self.cfg
+        done = st["seconds"] / (cfg.minutes * 60) if cfg.minutes > 0 else 0.0
+        if cfg.max_steps:
+            done = max(done, st["step"] / cfg.max_steps)
+        return min(done, 1.0)
 
     def evaluate(self) -> float:
         return bits_per_char(self.model, self.val[: self.cfg.eval_chars])
@@ -226,7 +215,7 @@ class CharTrainer:
         if val < st["best"]:
             st["best"] = val
             save(self.out / "best.safetensors", self.model, self.vocab)
-        else:
+        elif self.cfg.schedule == "plateau":
             st["lr"] *= 0.5
         st["history"].append({"step": st["step"], "chars": st["chars"], "seconds": round(st["seconds"], 1),
                               "train_bpc": round(train_bpc, 4), "val_bpc": round(val, 4), "lr": st["lr"]})
@@ -234,15 +223,17 @@ class CharTrainer:
                  min(len(self.val), self.cfg.eval_chars), val, st["chars"] / max(st["seconds"], 1e-9))
         self.save_last()
 
-    def finish(self) -> dict:
-        """Score the best model on the whole held-out tail and export it with its metrics."""
+    def finish(self, adaptive: bool = True) -> dict:
+        """Score the best model on the whole held-out tail, as trained and (unless told not to) as an adaptive
+        coder (see `charlm.score`), and export it with its metrics."""
         model, _, _ = load(self.out / "best.safetensors")
-        val_bpc = bits_per_char(model, self.val)
         st = self.state
-        metrics = {"val_bpc": round(val_bpc, 4), "held_out_chars": len(self.val_text), "steps": st["step"],
-                   "train_chars": st["chars"], "train_seconds": round(st["seconds"], 1),
+        metrics = {"val_bpc": round(bits_per_char(model, self.val), 4), "held_out_chars": len(self.val_text),
+                   "steps": st["step"], "train_chars": st["chars"], "train_seconds": round(st["seconds"], 1),
                    "chars_per_second": round(st["chars"] / max(st["seconds"], 1e-9)),
                    "config": dataclasses.asdict(self.cfg), "history": st["history"]}
+        if adaptive:
+            metrics["val_bpc_adaptive"] = round(adaptive_bits_per_char(model, self.val), 4)
         save(self.out / "model.safetensors", model, self.vocab, metrics)
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
