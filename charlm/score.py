@@ -38,13 +38,17 @@ def detach(state):
 
 def _chunks(ids: torch.Tensor, batch: int, chunk: int):
     """(inputs, targets) chunk after chunk over `batch` streams; every character but each stream's first is a
-    target once."""
+    target once. A text too short to score is refused here, before any chunk is read."""
     if ids.numel() < 2:
         raise TextError("nothing to score: fewer than 2 held-out characters")
     data = streams(ids, min(batch, ids.numel() // 2))  # a short text: fewer streams, each at least 2 long
-    for start in range(0, data.size(1) - 1, chunk):
-        y = data[:, start + 1 : start + chunk + 1]
-        yield data[:, start : start + y.size(1)], y
+
+    def pairs():
+        for start in range(0, data.size(1) - 1, chunk):
+            y = data[:, start + 1 : start + chunk + 1]
+            yield data[:, start : start + y.size(1)], y
+
+    return pairs()
 
 
 def _nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -55,10 +59,11 @@ def _nats(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def bits_per_char(model: CharLM, ids: torch.Tensor, batch: int = 32, chunk: int = 256, carry: bool = True) -> float:
     """Held-out bpc: the text in `batch` streams, state carried over chunks (or reset at each, with
     `carry=False`), every character predicted once (except each stream's first)."""
+    chunks = _chunks(ids, batch, chunk)
     was = model.training
     model.eval()
     total, count, state = 0.0, 0, None
-    for x, y in _chunks(ids, batch, chunk):
+    for x, y in chunks:
         logits, state = model(x, state if carry else None)
         total += _nats(logits, y).item()
         count += y.numel()
