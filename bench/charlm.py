@@ -15,7 +15,6 @@ import lzma
 import shutil
 import subprocess
 import tempfile
-import typing
 from pathlib import Path
 
 from captioner import fields
@@ -52,18 +51,6 @@ def yardsticks(train: str, tail: str) -> dict[str, float]:
     return out
 
 
-def field_kind(key: str):
-    """The type of a (dotted) CharTrainConfig field, to parse a --vary value as."""
-    cls, name = CharTrainConfig, key
-    head, dot, sub = key.partition(".")
-    if dot:
-        cls, name = fields.nested(CharTrainConfig)[head], sub
-    hints = typing.get_type_hints(cls)
-    if name not in hints:
-        raise SystemExit(f"--vary: no config field {key!r}")
-    return hints[name]
-
-
 def variants(args) -> list[tuple[str, dict]]:
     """(name, config values) per run: each cell at the base settings, then the first cell with each --vary
     value changed alone, so every lever is measured against the same baseline in the same run."""
@@ -73,7 +60,7 @@ def variants(args) -> list[tuple[str, dict]]:
     runs = [(cell, {**base, "model.cell": cell}) for cell in cells]
     for spec in args.vary:
         key, _, values = spec.partition("=")
-        kind = field_kind(key)
+        kind = fields.field_type(CharTrainConfig, key)
         runs += [(f"{cells[0]}, {key}={text}", {**base, "model.cell": cells[0], key: fields.parse_value(kind, text)})
                  for text in values.split(",")]
     return runs
@@ -96,13 +83,17 @@ def main() -> None:
     p.add_argument("--adaptive", choices=("true", "false"), default="true",
                    help="also score each model learning as it reads (about 1.5 min per model on 2 cores)")
     args = p.parse_args()
+    try:
+        runs = variants(args)
+    except ValueError as exc:
+        p.error(f"--vary: {exc}")
     train, tail = split_text(read_text(args.text), CharTrainConfig.held_out)
     marks = yardsticks(train, tail)
     xz = marks["xz -9, the tail alone"]
     print(f"held-out tail: {len(tail)} characters; " + "; ".join(f"{k}: {v:.3f}" for k, v in marks.items()) + " bpc")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, values) in enumerate(variants(args)):
+        for i, (name, values) in enumerate(runs):
             cfg = fields.build(CharTrainConfig, {**values, "text": args.text, "minutes": args.minutes,
                                                  "out": str(Path(tmp) / str(i)), "progress": False})
             trainer = CharTrainer(cfg)

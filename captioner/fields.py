@@ -22,6 +22,21 @@ def nested(cls) -> dict[str, type]:
     return {name: kind for name, kind in _hints(cls).items() if dataclasses.is_dataclass(kind)}
 
 
+def field_type(cls, key: str):
+    """The type of field `key` of dataclass `cls`, nested fields by their dotted names (`model.hidden_dim`);
+    ValueError naming the key if there is none."""
+    name, dot, sub = key.partition(".")
+    kind = _hints(cls).get(name)
+    if kind is None or bool(dot) != dataclasses.is_dataclass(kind):
+        raise ValueError(f"unknown config key: {key}")
+    if not dot:
+        return kind
+    try:
+        return field_type(kind, sub)
+    except ValueError:
+        raise ValueError(f"unknown config key: {key}") from None
+
+
 def unknown_keys(cls, values: dict) -> list[str]:
     """The keys of `values` that name no field of `cls` (nested fields by their dotted names)."""
     names, inner, unknown = {f.name for f in dataclasses.fields(cls)}, nested(cls), []

@@ -380,6 +380,16 @@ def test_config_toml_and_command_line_overrides(tmp_path):
     assert load_config("configs/coco.toml").format == "karpathy"
 
 
+def test_a_dotted_config_key_names_its_fields_type():
+    """`fields.field_type`: what a `--vary model.hidden_dim=...` value (bench-charlm) is parsed as."""
+    from captioner import fields
+
+    assert fields.field_type(TrainConfig, "lr") is float and fields.field_type(TrainConfig, "decoder.cell") is str
+    for key in ("learning_rate", "decoder", "lr.x", "decoder.hidden"):
+        with pytest.raises(ValueError, match=f"unknown config key: {key}$"):
+            fields.field_type(TrainConfig, key)
+
+
 def test_one_default_for_each_model_hyperparameter():
     """A training config holds its model's config (no copy of its fields), so the defaults are the model's."""
     import dataclasses
