@@ -27,19 +27,26 @@ from training.config import load_config
 from training.synthetic import COCO_PHOTOS, COCO_VAL_PHOTOS, generate
 
 FLICKR8K_PHOTOS = 8091
+COCO_RECIPE = "configs/coco.toml"  # where COCO's output layer (decoder.softmax_head) is set
 FIT_FROM = 16_000  # the exponent is fitted over sizes from here up (the issue's range: 16k to COCO)
 TOO_SMALL_S = 1.0  # a phase shorter than this at the largest size is reported but not ranked: timer noise
 
 
-def run_one(config: str, data_dir: str, batches: int) -> dict:
+def recipe(config: str, softmax_head: int | None, overrides: dict | None = None):
+    """The config's training recipe with COCO's output layer: `softmax_head` (None: configs/coco.toml's)."""
+    head = load_config(COCO_RECIPE).decoder.softmax_head if softmax_head is None else softmax_head
+    return load_config(config, {**(overrides or {}), "decoder.softmax_head": head})
+
+
+def run_one(config: str, data_dir: str, batches: int, softmax_head: int | None) -> dict:
     """One size, in this process: Trainer (reading, vocabulary, cache, grounding), one XE epoch and its
     validation, then SCST's setup and one SCST epoch (its validation would repeat the XE one)."""
     from training.train import Trainer
 
-    cfg = load_config(config, {"format": "coco", "data_dir": data_dir, "coco_year": "2014", "train_splits": ["train"],
-                               "val_split": "val", "val_max_images": COCO_VAL_PHOTOS, "epochs": 1, "scst_epochs": 0,
-                               "max_batches_per_epoch": batches, "progress": False,
-                               "out_dir": str(Path(data_dir) / "run")})
+    cfg = recipe(config, softmax_head, {
+        "format": "coco", "data_dir": data_dir, "coco_year": "2014", "train_splits": ["train"], "val_split": "val",
+        "val_max_images": COCO_VAL_PHOTOS, "epochs": 1, "scst_epochs": 0, "max_batches_per_epoch": batches,
+        "progress": False, "out_dir": str(Path(data_dir) / "run")})
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
     trainer.fit()
@@ -79,6 +86,8 @@ def measure(size: int, args: argparse.Namespace) -> dict:
     generate(source, out, size, min(COCO_VAL_PHOTOS, size // 8), source.seed)
     simulated = time.perf_counter() - t0
     cmd = [sys.executable, "-m", "bench.scale", "--one", str(out), "--config", args.config, "--batches", str(args.batches)]
+    if args.softmax_head is not None:
+        cmd += ["--softmax-head", str(args.softmax_head)]
     result = subprocess.run(cmd, check=True, capture_output=True, text=True)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     report["simulate_seconds"] = simulated
@@ -167,12 +176,20 @@ def project(largest: dict, args: argparse.Namespace) -> None:
           f"{largest['reward_rate']:.0f} captions/s): {floor / 3600:.2f} h")
 
 
-def step_rates(config: str, device_name: str, vocab_size: int, steps: int = 30) -> dict:
-    """Seconds per training batch on `device_name` at a vocabulary of `vocab_size`, with the config's model,
-    batch sizes and bf16 autocast, on random vectors and captions (a step's cost does not depend on their
-    content): a cross-entropy batch (forward, backward, clipping, AdamW), and an SCST batch's model work
-    (samples, greedy baseline, the teacher-forced policy-gradient pass and its backward). SCST's reward is
-    not in it: it runs on the CPU at the rate `make bench-scale` measures."""
+def zipf_tokens(rows: int, length: int, vocab_size: int, first: int, device: torch.device) -> torch.Tensor:
+    """Word ids [rows, length] from `first` up, the word of rank r drawn with probability ~ 1/r as in text
+    (Zipf's law), so an adaptive softmax's clusters see their real share of the words."""
+    weights = 1.0 / torch.arange(1, vocab_size - first + 1, dtype=torch.float64)
+    return (first + torch.multinomial(weights, rows * length, replacement=True)).view(rows, length).to(device)
+
+
+def step_rates(config: str, device_name: str, vocab_size: int, softmax_head: int | None, steps: int = 30) -> dict:
+    """Seconds per training batch on `device_name` at a vocabulary of `vocab_size`, with the config's model
+    (COCO's output layer: `recipe`), batch sizes and bf16 autocast, on random vectors and Zipf-distributed
+    captions (a step's cost depends on which clusters its words fall in, not on what they are): a
+    cross-entropy batch (forward, backward, clipping, AdamW), and an SCST batch's model work (samples, the
+    greedy baseline where the recipe has one, the teacher-forced policy-gradient pass and its backward).
+    SCST's reward is not in it: it runs on the CPU at the rate `make bench-scale` measures."""
     from captioner.decoder import CaptionDecoder
     from captioner.decoding import WordBans
     from captioner.options import DecodeOptions
@@ -180,15 +197,15 @@ def step_rates(config: str, device_name: str, vocab_size: int, steps: int = 30) 
     from captioner.precision import autocast
     from training.runtime import pick_device
     from training.scst import greedy_captions, policy_gradient_loss, scst_samples
-    from training.train import xe_loss
+    from training.train import decoder_optimiser, xe_loss
 
-    cfg, device = load_config(config), pick_device(device_name)
+    cfg, device = recipe(config, softmax_head), pick_device(device_name)
     torch.manual_seed(cfg.seed)
     vocab = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(vocab_size - len(SPECIALS)))])
     decoder = CaptionDecoder(dataclasses.replace(cfg.decoder, vocab_size=vocab_size, feature_dim=1280)).to(device)
-    opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr)
+    opt = decoder_optimiser(decoder, cfg.lr, cfg.weight_decay)
     bans, words = WordBans.for_vocab(vocab, DecodeOptions()), cfg.scst_max_words or cfg.max_caption_words
-    tokens = torch.randint(len(SPECIALS), vocab_size, (cfg.batch_size, 14), device=device)
+    tokens = zipf_tokens(cfg.batch_size, 14, vocab_size, len(SPECIALS), device)
     tokens[:, 0], tokens[:, -1] = vocab.start_id, vocab.end_id
     feats = torch.randn(cfg.batch_size, 1280, device=device)
 
@@ -206,12 +223,13 @@ def step_rates(config: str, device_name: str, vocab_size: int, steps: int = 30) 
         images = feats[: cfg.scst_batch_images]
         with autocast(device, cfg.amp):
             seqs = scst_samples(decoder, images, cfg.scst_samples, words, vocab, bans)
-            greedy_captions(decoder, images, words, vocab, bans)
+            if cfg.scst_baseline == "greedy":
+                greedy_captions(decoder, images, words, vocab, bans)
             advantages = torch.randn(seqs.size(0), device=device)
             step(policy_gradient_loss(decoder, images.repeat_interleave(cfg.scst_samples, 0), seqs, advantages,
                                       vocab.start_id, bans))
 
-    out = {"device": str(device), "vocab": vocab_size}
+    out = {"device": str(device), "vocab": vocab_size, "softmax_head": cfg.decoder.softmax_head}
     for name, fn in (("xe", xe), ("scst", scst)):
         for _ in range(3):
             fn()
@@ -237,13 +255,15 @@ def main() -> None:
     p.add_argument("--steps", metavar="DEVICE", default=None, help="only time training batches on DEVICE (cuda, "
                    "cpu) at vocabularies --vocabs: what a GPU's column of the projection is built from")
     p.add_argument("--vocabs", default="2676,9630", help="with --steps (Flickr8k's and simulated COCO's)")
+    p.add_argument("--softmax-head", type=int, default=None, help=f"the decoder's output layer (decoder.softmax_head; "
+                   f"0: a full softmax); default: {COCO_RECIPE}'s")
     args = p.parse_args()
     if args.steps:
         for vocab in map(int, args.vocabs.split(",")):
-            print(json.dumps(step_rates(args.config, args.steps, vocab)), flush=True)
+            print(json.dumps(step_rates(args.config, args.steps, vocab, args.softmax_head)), flush=True)
         return
     if args.one:
-        print(json.dumps(run_one(args.config, args.one, args.batches)))
+        print(json.dumps(run_one(args.config, args.one, args.batches, args.softmax_head)))
         return
     t0 = time.perf_counter()
     reports = []

@@ -40,7 +40,7 @@ from captioner.vocab import Vocabulary
 from training.datasets import read_flickr8k
 from training.config import load_config
 from training.features import build_or_load, decode_workers
-from training.train import xe_loss
+from training.train import decoder_optimiser, xe_loss
 from training.data import encode_captions, epoch_batches, pad_rows
 from training.retrieval import train_retrieval
 from training.scst import Reward, scst_advantages, scst_loss
@@ -194,7 +194,7 @@ def main() -> None:
     torch.manual_seed(0)
     ours = CaptionDecoder(dataclasses.replace(shipped.decoder, vocab_size=len(vocab), feature_dim=feats.size(1))).train()
     ours.set_feature_stats(feats)
-    ours_opt = torch.optim.AdamW(ours.parameters(), lr=shipped.lr, weight_decay=shipped.weight_decay)
+    ours_opt = decoder_optimiser(ours, shipped.lr, shipped.weight_decay)
     tutorial = TutorialDecoder(len(vocab), feats.size(1)).train()
     tutorial_opt = torch.optim.Adam(tutorial.parameters(), lr=1e-3)
 
@@ -229,7 +229,8 @@ def main() -> None:
     reward = Reward.from_config(shipped, [r.captions for r in recs], retrieval)
     k, max_words = shipped.scst_samples, shipped.scst_max_words or shipped.max_caption_words
     decoders = {name: copy.deepcopy(shipped_model.decoder).train() for name in ("ours", "previous")}
-    optims = {name: torch.optim.AdamW(d.parameters(), lr=shipped.scst_lr) for name, d in decoders.items()}
+    optims = {"ours": decoder_optimiser(decoders["ours"], shipped.scst_lr, shipped.weight_decay),
+              "previous": torch.optim.AdamW(decoders["previous"].parameters(), lr=shipped.scst_lr)}
     gen = torch.Generator().manual_seed(0)
 
     def scst_step(name: str, images: torch.Tensor) -> None:

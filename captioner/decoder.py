@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .rnn import CELLS, make_rnn
+from .softmax import AdaptiveSoftmax
 
 State = dict[str, torch.Tensor]
 
@@ -36,6 +38,9 @@ class DecoderConfig:
     num_layers: int = 1
     dropout: float = 0.3
     conditioning: str = "every_step"
+    # 0: a full softmax over the vocabulary; N: an adaptive softmax (captioner.softmax) with the N most
+    # frequent words in its head, whose training cost per word does not grow with the vocabulary
+    softmax_head: int = 0
 
     def __post_init__(self):
         if self.cell not in CELLS:
@@ -63,16 +68,22 @@ class CaptionDecoder(nn.Module):
         input_dim = cfg.embed_dim * (2 if cfg.conditioning == "every_step" else 1)
         self.rnn = make_rnn(cfg.cell, input_dim, cfg.hidden_dim, cfg.num_layers, cfg.dropout)
         self.drop = nn.Dropout(cfg.dropout)
-        self.out = nn.Linear(cfg.hidden_dim, cfg.vocab_size)
+        adaptive = 0 < cfg.softmax_head < cfg.vocab_size  # a head holding every word is a full softmax
+        self.out = AdaptiveSoftmax(cfg.hidden_dim, cfg.vocab_size, cfg.softmax_head) if adaptive else \
+            nn.Linear(cfg.hidden_dim, cfg.vocab_size)
         self._table_key: tuple | None = None
         self.use_fast_path = True  # set False to decode with the fused module's step (benchmarks compare the two)
+        # False: the fast path computes each step's word gates for the words read instead of a table of every
+        # word's. For decodes that read fewer words than the vocabulary holds between weight updates (SCST's
+        # samples: a V-row table rebuilt for every batch cost more than the rest of the sampling).
+        self.word_table = True
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         nn.init.uniform_(self.embed.weight, -0.1, 0.1)
         with torch.no_grad():
             self.embed.weight[0].zero_()
-        nn.init.zeros_(self.out.bias)
+        nn.init.zeros_(self.out.head.bias if isinstance(self.out, AdaptiveSoftmax) else self.out.bias)
 
     def set_feature_stats(self, features: torch.Tensor) -> None:
         """Record the mean and std of the training image vectors [N, D]."""
@@ -84,17 +95,43 @@ class CaptionDecoder(nn.Module):
         return self.image_proj(self.drop((features - self.feature_mean) / self.feature_std))
 
     # -- training ---------------------------------------------------------------------------------
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: logits [B, T-1, V], step t predicting tokens[:, t+1] from the true tokens[:, :t+1].
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor,
+                label_smoothing: float | None = None) -> torch.Tensor:
+        """Teacher forcing: logits [B, T-1, V], step t predicting tokens[:, t+1] from the true tokens[:, :t+1];
+        or, given `label_smoothing`, training's loss: the mean cross-entropy of every word after <start>
+        (padding, id 0, left out), computed without the [words, V] logits where the softmax is adaptive.
 
         Padding needs no packing: the RNN runs left to right, so steps after a caption's <end> never
-        influence its earlier outputs, and the loss masks them out.
+        influence its earlier outputs, and the loss leaves them out.
         """
-        return self.logits(self.hidden_states(features, tokens))
+        hidden = self.hidden_states(features, tokens)
+        if label_smoothing is None:
+            return self.logits(hidden)
+        target = tokens[:, 1:]
+        real = target != 0
+        hidden, target = self.drop(hidden)[real], target[real]
+        if isinstance(self.out, AdaptiveSoftmax):
+            return self.out.loss(hidden, target, label_smoothing)
+        return F.cross_entropy(self.out(hidden).float(), target, label_smoothing=label_smoothing)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-word logits [..., V] from top-layer states [..., H] (dropout in training mode)."""
+        """Next-word logits [..., V] from top-layer states [..., H] (dropout in training mode); an adaptive
+        softmax gives its log-probabilities, which decoding reads as logits."""
         return self.out(self.drop(hidden))
+
+    @property
+    def ban_width(self) -> int:
+        """How many of the first word ids `token_log_probs` can ban: all of them, or an adaptive head's."""
+        return self.out.shortlist if isinstance(self.out, AdaptiveSoftmax) else self.cfg.vocab_size
+
+    def token_log_probs(self, hidden: torch.Tensor, target: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+        """log p(target) [N] at states [N, H] (dropout in training mode), renormalised without the `banned`
+        words [N, ban_width]."""
+        hidden = self.drop(hidden)
+        if isinstance(self.out, AdaptiveSoftmax):
+            return self.out.target_log_probs(hidden, target, self.out.head_log_probs(hidden, banned))
+        log_probs = self.out(hidden).float().masked_fill(banned, float("-inf")).log_softmax(-1)
+        return log_probs.gather(1, target[:, None])[:, 0]
 
     def hidden_states(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The top layer's state [B, T-1, H] at each teacher-forced step of `forward`, before the output
@@ -132,19 +169,29 @@ class CaptionDecoder(nn.Module):
     def _fast(self) -> bool:
         return self.use_fast_path and not self.training and not torch.is_grad_enabled() and self.cfg.num_layers == 1
 
+    def train(self, mode: bool = True) -> "CaptionDecoder":
+        """Entering training mode also drops the word-gate table: a fused optimiser step (training's) changes
+        the weights in place without bumping the version counters the table is keyed on, and weights only
+        change in training, so the next decode rebuilds it from the weights as they are."""
+        if mode:
+            self._table_key = None
+        return super().train(mode)
+
     def _word_gates(self) -> torch.Tensor:
         w_ih, emb = self.rnn.weight_ih_l0, self.embed.weight
         key = (w_ih.data_ptr(), w_ih._version, emb.data_ptr(), emb._version, self.rnn.bias_ih_l0._version,
                self.rnn.bias_hh_l0._version)  # every tensor the table is built from
         if self._table_key != key:
-            table = emb @ w_ih[:, : self.cfg.embed_dim].T + self.rnn.bias_ih_l0
-            if self.cfg.cell != "gru":  # GRU keeps b_hn inside the reset gate's product
-                table = table + self.rnn.bias_hh_l0
-            self._table, self._table_key = table, key
+            self._table, self._table_key = self._input_gates(emb), key
         return self._table
 
+    def _input_gates(self, embedded: torch.Tensor) -> torch.Tensor:
+        """W_x embed(w) + biases [N, gates] for word embeddings [N, E]."""
+        gates = embedded @ self.rnn.weight_ih_l0[:, : self.cfg.embed_dim].T + self.rnn.bias_ih_l0
+        return gates if self.cfg.cell == "gru" else gates + self.rnn.bias_hh_l0  # GRU keeps b_hn inside its reset gate
+
     def _fast_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        gx = self._word_gates().index_select(0, tokens)
+        gx = self._word_gates().index_select(0, tokens) if self.word_table else self._input_gates(self.embed(tokens))
         if "image_gates" in state:
             gx = gx + state["image_gates"]
         h = state["h"][0]
@@ -158,7 +205,7 @@ class CaptionDecoder(nn.Module):
             h = o * c.tanh()
             new["c"] = c.unsqueeze(0)
             new["h"] = h.unsqueeze(0)
-            return self.out(h), new
+            return h, new
         gh = h @ self.rnn.weight_hh_l0.T
         if self.cfg.cell == "gru":
             gh = gh + self.rnn.bias_hh_l0
@@ -169,10 +216,15 @@ class CaptionDecoder(nn.Module):
         else:
             h = torch.tanh(gx + gh)
         new["h"] = h.unsqueeze(0)
-        return self.out(h), new
+        return h, new
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """Feed one token per row [N]; return next-word logits [N, V] and the new state."""
+        hidden, state = self.advance(tokens, state)
+        return self.out(hidden), state
+
+    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """`step` without the output layer: the top layer's new state [N, H] and the whole new state."""
         if self._fast() and (self.cfg.conditioning == "first_input" or "image_gates" in state):
             return self._fast_step(tokens, state)
         x = self.embed(tokens).unsqueeze(1)
@@ -183,7 +235,7 @@ class CaptionDecoder(nn.Module):
         new = self._pack(hidden, state.get("image"))
         if "image_gates" in state:
             new["image_gates"] = state["image_gates"]
-        return self.out(out[:, 0]), new
+        return out[:, 0], new
 
     @staticmethod
     def reorder(state: State, index: torch.Tensor) -> State:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .decoder import CaptionDecoder
 from .rnn import traced_cell
 from .options import DecodeOptions
+from .softmax import AdaptiveSoftmax, sample_categorical
 from .vocab import Vocabulary
 
 DEFAULT = DecodeOptions()  # every default below comes from here
@@ -93,11 +94,17 @@ class WordBans:
         elif self.no_end_after:
             log_probs[:, self.end_id].masked_fill_(self._tables(log_probs.size(1), previous.device)[1][previous], NEG_INF)
 
-    def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """Banned words [..., V] given the token just read, `previous` [...], at word `position` (0 for the
-        first word; an int, or a tensor broadcastable to `previous`)."""
+    def mask(self, previous: torch.Tensor, position: int | torch.Tensor, vocab_size: int,
+             width: int | None = None) -> torch.Tensor:
+        """Banned words [..., width] among the first `width` ids (default: all V) given the token just read,
+        `previous` [...], at word `position` (0 for the first word; an int, or a tensor broadcastable to
+        `previous`). An adaptive softmax can only ban words of its head: a narrower width must hold them all."""
+        width = vocab_size if width is None else width
+        if max(self.suppress + (self.end_id,)) >= width:
+            banned = sorted(self.suppress + (self.end_id,))
+            raise ValueError(f"banned word ids {banned} do not all lie below {width}")
         ever, no_end = self._tables(vocab_size, previous.device)
-        banned = ever.expand(*previous.shape, vocab_size).clone()
+        banned = ever[:width].expand(*previous.shape, width).clone()
         banned[..., self.end_id] = no_end[previous] | (torch.as_tensor(position, device=previous.device) < self.min_length)
         return banned
 
@@ -170,14 +177,17 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
     numbers come from its own generator, so a seeded image gets the same caption in any batch; one
     `torch.Generator` instead draws the whole batch's numbers at once (training, where only reproducibility
     of the whole run matters). A row that has produced <end> leaves the batch, so later steps cost only
-    what is still being written.
+    what is still being written. From an adaptive softmax, when nothing but the bans reshapes the
+    distribution (SCST's samples), a draw computes only the cluster it lands in: the same word for the same
+    number (`AdaptiveSoftmax.sample`).
     """
     _check(options.max_length, bans.min_length)
     sample = options.method == "sample"
     if sample and not options.temperature > 0:
         raise ValueError("temperature must be > 0")
     n, device, end_id = features.size(0), features.device, bans.end_id
-    draw = _drawer(n, seeds, device, options) if sample else None
+    uniforms = _uniforms(n, seeds, device) if sample else None
+    by_cluster = sample and _draws_by_cluster(decoder, options, word_scores)
     state = decoder.start(features)
     bias = bans.step_bias(decoder.cfg.vocab_size, device, word_scores)
     alive = torch.arange(n, device=device)  # rows still writing, in the order of `state`
@@ -186,12 +196,18 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
     log_prob = torch.zeros(n, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     for t in range(options.max_length):
-        logits, state = decoder.step(tokens, state)
-        history = out[alive, :t] if t >= options.no_repeat_ngram_size > 0 else out[:0, :0]  # only what is read
-        lp = _step_log_probs(logits, tokens, t, bans, bias[alive] if word_scores is not None else bias, history,
-                             options.no_repeat_ngram_size)
-        choice = draw(lp, alive) if draw is not None else lp.argmax(dim=-1)
-        log_prob[alive] = log_prob[alive] + lp.gather(1, choice[:, None])[:, 0]
+        if by_cluster:
+            hidden, state = decoder.advance(tokens, state)
+            banned = bans.mask(tokens, t, decoder.cfg.vocab_size, decoder.ban_width)
+            choice, chosen = decoder.out.sample(hidden, banned, uniforms(alive))
+        else:
+            logits, state = decoder.step(tokens, state)
+            history = out[alive, :t] if t >= options.no_repeat_ngram_size > 0 else out[:0, :0]  # only what is read
+            lp = _step_log_probs(logits, tokens, t, bans, bias[alive] if word_scores is not None else bias, history,
+                                 options.no_repeat_ngram_size)
+            choice = _choose(lp, options, uniforms(alive) if uniforms is not None else None)
+            chosen = lp.gather(1, choice[:, None])[:, 0]
+        log_prob[alive] = log_prob[alive] + chosen
         out[alive, t] = choice
         ended = choice == end_id
         done[alive] = ended
@@ -205,29 +221,35 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
             for row, lp_sum, fin in zip(out.tolist(), log_prob.tolist(), done.tolist())]
 
 
-def _drawer(n: int, seeds: Sequence[int | None] | int | None | torch.Generator, device: torch.device,
-            options: DecodeOptions):
-    """draw(log_probs [rows, V], alive [rows]) -> one sampled word per row, under the options' temperature,
-    top-k and top-p, from each image's generator (or one shared `torch.Generator`)."""
+def _choose(log_probs: torch.Tensor, options: DecodeOptions, uniform: torch.Tensor | None) -> torch.Tensor:
+    """Each row's next word [N] from its scores [N, V]: the best, or with `uniform` [N, 1] one drawn under the
+    options' temperature, top-k and top-p."""
+    if uniform is None:
+        return log_probs.argmax(dim=-1)
+    scores = filter_top_k_top_p(log_probs / options.temperature, options.top_k, options.top_p)
+    return sample_categorical(scores, uniform)
+
+
+def _uniforms(n: int, seeds: Sequence[int | None] | int | None | torch.Generator, device: torch.device):
+    """uniforms(alive [rows]) -> one uniform number per row [rows, 1], from each image's generator (or one
+    shared `torch.Generator`): what sampling turns into words."""
     shared = seeds if isinstance(seeds, torch.Generator) else None
     gens = _generators(n, seeds, device) if shared is None else []
 
-    def draw(lp: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-        uniform = (torch.rand(len(alive), 1, generator=shared, device=device) if shared is not None else
-                   torch.stack([torch.rand(1, generator=gens[i], device=device) for i in alive.tolist()]))
-        return sample_categorical(filter_top_k_top_p(lp / options.temperature, options.top_k, options.top_p), uniform)
+    def uniforms(alive: torch.Tensor) -> torch.Tensor:
+        if shared is not None:
+            return torch.rand(len(alive), 1, generator=shared, device=device)
+        return torch.stack([torch.rand(1, generator=gens[i], device=device) for i in alive.tolist()])
 
-    return draw
+    return uniforms
 
 
-def sample_categorical(scores: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """One word per row [N] drawn from softmax(scores) [N, V] (-inf: never) by inverse transform, given one
-    uniform number in [0, 1) per row [N, 1]: the first word whose cumulative probability exceeds it.
-    A word of probability 0 adds nothing to the running sum, so it can never be the first to exceed it."""
-    cdf = (scores - scores.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
-    total = cdf[:, -1:]
-    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))  # < total always
-    return torch.searchsorted(cdf, target, right=True)[:, 0]
+def _draws_by_cluster(decoder: CaptionDecoder, options: DecodeOptions, word_scores: torch.Tensor | None) -> bool:
+    """Whether sampling can draw from an adaptive softmax cluster by cluster (`AdaptiveSoftmax.sample`),
+    computing only the clusters it lands in: when nothing but the bans of its head words reshapes the
+    distribution (temperature 1, no top-k or top-p, no word scores, no n-gram blocking). SCST samples so."""
+    return (isinstance(decoder.out, AdaptiveSoftmax) and options.temperature == 1.0 and options.top_k == 0
+            and options.top_p >= 1.0 and word_scores is None and options.no_repeat_ngram_size == 0)
 
 
 def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequences: torch.Tensor, start_id: int,
@@ -240,11 +262,10 @@ def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequence
     m, t = sequences.shape
     inputs = torch.cat([sequences.new_full((m, 1), start_id), sequences], dim=1)  # the last is never read
     real = sequences != pad_id
-    logits = decoder.logits(decoder.hidden_states(features, inputs)[real]).float()  # [tokens, V]
+    hidden = decoder.hidden_states(features, inputs)[real]
     position = torch.arange(t, device=sequences.device).expand(m, t)[real]
-    banned = bans.mask(inputs[:, :-1][real], position, logits.size(-1))
-    log_probs = logits.masked_fill(banned, NEG_INF).log_softmax(-1)
-    picked = log_probs.gather(1, sequences[real].unsqueeze(1)).squeeze(1)
+    banned = bans.mask(inputs[:, :-1][real], position, decoder.cfg.vocab_size, decoder.ban_width)
+    picked = decoder.token_log_probs(hidden, sequences[real], banned)
     return picked.new_zeros(m, t).masked_scatter(real, picked)
 
 

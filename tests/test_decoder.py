@@ -117,7 +117,20 @@ def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
     same thing as the fused cell, step after step, and notice when the weights change."""
     dec = tiny_decoder(40, cell=cell, conditioning=conditioning, feature_dim=24, hidden=H)
     v, toks = torch.randn(3, 24), [torch.tensor([1, 1, 1]), torch.tensor([5, 6, 7]), torch.tensor([8, 9, 4])]
-    changes = [lambda: dec.embed.weight.mul_(1.5), lambda: dec.rnn.bias_hh_l0.add_(0.3), lambda: None]
+    fused = torch.optim.AdamW(dec.parameters(), lr=0.05, fused=True)  # training's: leaves version counters alone
+
+    def fused_step():
+        dec.train()
+        with torch.enable_grad():
+            dec(v, torch.tensor([[1, 5, 6, 2]] * 3)).sum().backward()
+        fused.step()
+        dec.eval()
+
+    def without_table():
+        dec.word_table = False  # SCST's decodes: each step's word gates computed for the words read
+
+    changes = [lambda: dec.embed.weight.mul_(1.5), lambda: dec.rnn.bias_hh_l0.add_(0.3), fused_step, without_table,
+               lambda: None]
     for change in changes:  # the cached word table must follow each tensor it is built from
         with torch.no_grad():
             fast_state, slow_state = dec.start(v), dec.start(v)

@@ -17,6 +17,7 @@ from captioner.checkpoint import load as load_checkpoint
 from captioner.decoding import WordBans, sequence_log_probs, sequential_decode
 from captioner.encoders import create_encoder
 from captioner.options import DecodeOptions
+from captioner.softmax import AdaptiveSoftmax
 from captioner.vocab import tokenize
 from training import demo
 from training.config import TrainConfig, load_config
@@ -408,7 +409,9 @@ def test_one_default_for_each_model_hyperparameter():
 
 @pytest.mark.slow
 def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
-    """Two processes with PyTorch's own distributed engine (gloo on CPU), XE then SCST, end to end."""
+    """Two processes with PyTorch's own distributed engine (gloo on CPU), XE then SCST, end to end, with an
+    adaptive softmax whose rare-word clusters are empty in many of a rank's batches (every weight must still
+    get a gradient on every rank)."""
     import subprocess
     import sys
 
@@ -416,13 +419,15 @@ def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
            "--config", "configs/demo.toml", "--data_dir", str(demo_dir), "--cache_dir", str(tmp_path / "cache"),
            "--out_dir", str(out), "--epochs", "3", "--scst_epochs", "1", "--progress", "false", "--threads", "1",
-           "--final_beam_sizes", "1", *(["--amp", "false"] if TRAINING_OVERRIDES.get("amp") is False else [])]
+           "--final_beam_sizes", "1", "--decoder.softmax_head", "6",  # 26 words: clusters [6, 24), [24, 26)
+           *(["--amp", "false"] if TRAINING_OVERRIDES.get("amp") is False else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["phase"] for x in lines] == ["xe", "xe", "xe", "scst"]
     assert "x2" in proc.stderr  # the log names the world size
-    assert captioner.load(out / "model.safetensors").decoder.cfg.cell == "lstm"
+    decoder = captioner.load(out / "model.safetensors").decoder
+    assert decoder.cfg.cell == "lstm" and isinstance(decoder.out, AdaptiveSoftmax) and len(decoder.out.tail) >= 2
 
 
 def free_port() -> int:

@@ -9,7 +9,6 @@ import functools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from captioner.concepts import named_concepts, shown_concepts, word_concepts
 from captioner.decoder import CaptionDecoder
@@ -62,13 +61,16 @@ def greedy_captions(decoder: CaptionDecoder, feats: torch.Tensor, max_words: int
 
 def _decode_in_eval(decoder: CaptionDecoder, feats: torch.Tensor, vocab: Vocabulary, bans: WordBans,
                     options: DecodeOptions, seeds: torch.Generator | None = None) -> list[Hypothesis]:
-    """Decode without dropout, whatever mode the decoder is in, and leave it in that mode."""
-    training = decoder.training
+    """Decode without dropout, whatever mode the decoder is in, and leave it in that mode; without the fast
+    path's table of every word's gates, since the weights change after every batch (`word_table`)."""
+    training, table = decoder.training, decoder.word_table
     decoder.eval()
+    decoder.word_table = False
     try:
         return sequential_decode(decoder, feats, vocab.start_id, bans, options, seeds=seeds)
     finally:
         decoder.train(training)
+        decoder.word_table = table
 
 
 def caption_ids(hyps: Sequence[Hypothesis], end_id: int) -> torch.Tensor:
@@ -161,7 +163,5 @@ def scst_loss(decoder: CaptionDecoder, feats: torch.Tensor, images: list[int], v
     advantages = scst_advantages(scores, cfg.scst_baseline, greedy).reshape(-1)
     loss = policy_gradient_loss(decoder, feats.repeat_interleave(k, 0), seqs, advantages, vocab.start_id, bans)
     if cfg.scst_xe_weight and human is not None:
-        logits = decoder(feats, human)
-        loss = loss + cfg.scst_xe_weight * F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
-                                                           human[:, 1:].reshape(-1), ignore_index=0)
+        loss = loss + cfg.scst_xe_weight * decoder(feats, human, label_smoothing=0.0)
     return loss, float(scores.mean())
