@@ -225,7 +225,8 @@ def main() -> None:
     sbans = WordBans.for_vocab(svocab, DecodeOptions.from_dict(shipped_model.decoding))
     s_img, s_tok, _ = encode_captions(recs, svocab, shipped.max_caption_words)
     human = s_tok[torch.searchsorted(s_img, torch.arange(len(recs)))]  # each photo's first caption
-    retrieval = train_retrieval(feats, s_tok, s_img, len(svocab), (svocab.pad_id, svocab.start_id, svocab.end_id))
+    retrieval = train_retrieval(feats, s_tok, s_img, len(svocab), (svocab.pad_id, svocab.start_id, svocab.end_id),
+                                shipped.scst_judge_epochs)
     reward = Reward.from_config(shipped, [r.captions for r in recs], retrieval)
     k, max_words = shipped.scst_samples, shipped.scst_max_words or shipped.max_caption_words
     decoders = {name: copy.deepcopy(shipped_model.decoder).train() for name in ("ours", "previous")}

@@ -20,6 +20,7 @@ from captioner.options import DecodeOptions
 from captioner.softmax import AdaptiveSoftmax
 from captioner.vocab import tokenize
 from training import demo
+from training import train as train_mod
 from training.config import TrainConfig, load_config
 from training.features import build_or_load, decode_workers, is_complete
 from training.metrics import quick_scores, sentence_bleu
@@ -149,11 +150,14 @@ def test_scst_baselines():
         scst_advantages(scores, "greedy")
     with pytest.raises(ValueError, match="scst_baseline"):
         TrainConfig(scst_baseline="median")
+    with pytest.raises(ValueError, match="scst_judge_epochs"):
+        TrainConfig(scst_judge_epochs=0)
 
 
-def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
+def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path, monkeypatch):
     """--init_from starts SCST exactly where cross-entropy ended; SCST then trains and is scored each epoch
-    (here with the discriminability lever, whose term the selection score must include).
+    (here with the discriminability lever, whose term the selection score must include, and whose judge is
+    fitted for the configured epochs).
     (Whether the sample reward rises over 4 demo epochs depends on the numeric path, bf16 or fp32, AVX2 or
     AVX-512; what a policy-gradient step must do on every path is tested below on fixed samples.)"""
     xe = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "xe", epochs=4))
@@ -161,7 +165,9 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
     xe.fit()
     best = xe.out / "best.safetensors"
     kw = dict(epochs=0, scst_epochs=2, scst_baseline="mean", scst_lr=5e-4, patience=10, init_from=str(best),
-              scst_discriminability_weight=0.1)
+              scst_discriminability_weight=0.1, scst_judge_epochs=7)
+    fit_judge, judge_epochs = train_mod.train_retrieval, []
+    monkeypatch.setattr(train_mod, "train_retrieval", lambda *a, **k: judge_epochs.append(a[5]) or fit_judge(*a, **k))
     rl = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "rl", **kw))
     start = {k: v.clone() for k, v in rl.decoder.state_dict().items()}
     for name, value in load_checkpoint(best).part("decoder").items():
@@ -169,6 +175,7 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path):
     rl.out.mkdir()
     rl.fit()
     assert [h["phase"] for h in rl.state["history"]] == ["scst"] * 2
+    assert judge_epochs == [7]  # fitted once, for the configured epochs
     assert all("val_CIDEr-D" in h for h in rl.state["history"])
     for h in rl.state["history"]:  # the discriminability term is in the reward and in the selection score
         assert -math.log(rl.cfg.scst_batch_images) < h["val_self_retrieval"] < 0

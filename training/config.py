@@ -56,6 +56,7 @@ class TrainConfig:
     scst_disfluency_penalty: float = 0.0  # reward - this for a caption training.fluency.is_disfluent calls disfluent
     scst_hallucination_penalty: float = 0.0  # reward - this for a caption naming a concept none of its references names
     scst_discriminability_weight: float = 0.0  # reward + this x log p(own photo | caption) among the batch's photos (training.retrieval)
+    scst_judge_epochs: int = 30  # epochs fitting that term's retrieval model over the training photos
     select_max_disfluent_pct: float = 0.0  # epochs with more % disfluent val captions rank below all within it; 0 = off
     # decoding: the model is selected (val `selection_score` each epoch, real decoding) with these and ships with them
     beam_size: int = DecodeOptions.beam_size  # 1 = greedy
@@ -95,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"scst_baseline must be 'greedy' or 'mean', got {self.scst_baseline!r}")
         if self.scst_baseline == "mean" and self.scst_epochs > 0 and self.scst_samples < 2:
             raise ValueError("scst_baseline = 'mean' needs scst_samples >= 2")
+        if self.scst_judge_epochs < 1:
+            raise ValueError(f"scst_judge_epochs must be at least 1, got {self.scst_judge_epochs}")
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:

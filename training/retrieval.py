@@ -55,7 +55,7 @@ class Retrieval(nn.Module):
 
 
 def train_retrieval(features: torch.Tensor, tokens: torch.Tensor, img_idx: torch.Tensor, vocab_size: int,
-                    ignore_ids: tuple[int, ...], epochs: int = 30, batch_images: int = 256, lr: float = 3e-3,
+                    ignore_ids: tuple[int, ...], epochs: int, batch_images: int = 256, lr: float = 3e-3,
                     word_lr: float = 4e-3, seed: int = 0) -> Retrieval:
     """Fit `Retrieval` on the training captions (`tokens` [captions, T], each of photo `img_idx`) and photos'
     vectors `features` [photos, D]. Each batch holds distinct photos with one of their captions, so the

@@ -288,7 +288,8 @@ class Trainer:
             v, data = self.data.vocab, self.data
             with self.clock("retrieval"):
                 self.retrieval = train_retrieval(data.train_feats, data.tokens, data.img_idx, len(v),
-                                                 (v.pad_id, v.start_id, v.end_id), seed=self.cfg.seed)
+                                                 (v.pad_id, v.start_id, v.end_id), self.cfg.scst_judge_epochs,
+                                                 seed=self.cfg.seed)
 
     def val_captions(self) -> list[str]:
         """The val split decoded with the options the model ships with (on cached vectors)."""
