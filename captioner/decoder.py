@@ -223,6 +223,14 @@ class CaptionDecoder(nn.Module):
         hidden, state = self.advance(tokens, state)
         return self.out(hidden), state
 
+    def step_log_probs(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """`step` as next-word log-probabilities [N, V] in fp32, a fresh tensor the caller may change in place.
+        An adaptive softmax already gives log-probabilities: taking a log-softmax of them again would only
+        cost a V-wide pass per step and change the rounding."""
+        logits, state = self.step(tokens, state)
+        logits = logits.float()
+        return (logits if isinstance(self.out, AdaptiveSoftmax) else F.log_softmax(logits, dim=-1)), state
+
     def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """`step` without the output layer: the top layer's new state [N, H] and the whole new state."""
         if self._fast() and (self.cfg.conditioning == "first_input" or "image_gates" in state):

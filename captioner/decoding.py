@@ -139,12 +139,13 @@ def _words(row: list[int], end_id: int) -> list[int]:
     return row[: row.index(end_id)] if end_id in row else row
 
 
-def _step_log_probs(logits: torch.Tensor, previous: torch.Tensor, t: int, bans: WordBans, bias: torch.Tensor,
+def _step_log_probs(log_probs: torch.Tensor, previous: torch.Tensor, t: int, bans: WordBans, bias: torch.Tensor,
                     history: torch.Tensor, no_repeat_ngram_size: int) -> torch.Tensor:
-    """Each row's next-word scores [N, V]: the model's log-probabilities plus `bias` (`WordBans.step_bias`:
-    the words banned ever at -inf, and the row's word scores), <end> at -inf where banned, and no word that
-    would repeat an n-gram of `history` [N, t]. As few operations as possible: this runs at every step."""
-    lp = F.log_softmax(logits.float(), dim=-1).add_(bias)
+    """Each row's next-word scores [N, V], in place of the model's `log_probs` (`CaptionDecoder.step_log_probs`):
+    plus `bias` (`WordBans.step_bias`: the words banned ever at -inf, and the row's word scores), <end> at -inf
+    where banned, and no word that would repeat an n-gram of `history` [N, t]. As few operations as possible:
+    this runs at every step."""
+    lp = log_probs.add_(bias)
     bans.ban_end(lp, previous, t)
     _ban_repeated_ngrams(lp, history, no_repeat_ngram_size)
     return lp
@@ -201,9 +202,9 @@ def sequential_decode(decoder: CaptionDecoder, features: torch.Tensor, start_id:
             banned = bans.mask(tokens, t, decoder.cfg.vocab_size, decoder.ban_width)
             choice, chosen = decoder.out.sample(hidden, banned, uniforms(alive))
         else:
-            logits, state = decoder.step(tokens, state)
+            log_probs, state = decoder.step_log_probs(tokens, state)
             history = out[alive, :t] if t >= options.no_repeat_ngram_size > 0 else out[:0, :0]  # only what is read
-            lp = _step_log_probs(logits, tokens, t, bans, bias[alive] if word_scores is not None else bias, history,
+            lp = _step_log_probs(log_probs, tokens, t, bans, bias[alive] if word_scores is not None else bias, history,
                                  options.no_repeat_ngram_size)
             choice = _choose(lp, options, uniforms(alive) if uniforms is not None else None)
             chosen = lp.gather(1, choice[:, None])[:, 0]
@@ -273,15 +274,15 @@ def sequence_log_probs(decoder: CaptionDecoder, features: torch.Tensor, sequence
 def teacher_forced_steps(decoder: CaptionDecoder, features: torch.Tensor, ids: Sequence[int],
                          start_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Feed <start> and then `ids` (a caption's word ids, and <end> if it finished) through the same
-    `decoder.step` decoding uses, for each image vector [N, D]. Returns the log-softmax of every step
+    `decoder.step_log_probs` decoding uses, for each image vector [N, D]. Returns the log-probabilities of every step
     [N, T, V] (step t predicts ids[t]) and the top layer's cell activation while predicting it [N, T, H]:
     tanh(c_t) for an LSTM, h_t for a GRU or tanh RNN."""
     state = decoder.start(features)
     token = torch.full((features.size(0),), start_id, dtype=torch.long, device=features.device)
     log_probs, activations = [], []
     for word in ids:
-        logits, state = decoder.step(token, state)
-        log_probs.append(F.log_softmax(logits.float(), dim=-1))
+        step_log_probs, state = decoder.step_log_probs(token, state)
+        log_probs.append(step_log_probs)
         activations.append(traced_cell(state["h"], state.get("c")).float())
         token = torch.full_like(token, word)
     return torch.stack(log_probs, 1), torch.stack(activations, 1)
@@ -383,8 +384,8 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, 
     if word_scores is not None:
         bias = bias.repeat_interleave(k, dim=0)  # rows stay per image
     for t in range(options.max_length):
-        logits, state = decoder.step(tokens, state)
-        lp = _step_log_probs(logits, tokens, t, bans, bias, beams.live_tokens, options.no_repeat_ngram_size)
+        log_probs, state = decoder.step_log_probs(tokens, state)
+        lp = _step_log_probs(log_probs, tokens, t, bans, bias, beams.live_tokens, options.no_repeat_ngram_size)
         rows, tokens = beams.advance(lp, t, penalty, may_end=t >= bans.min_length)
         state = decoder.reorder(state, rows)
         if beams.settled(n_best, penalty):

@@ -142,3 +142,21 @@ def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
                 torch.testing.assert_close(fast, slow.detach(), rtol=1e-4, atol=1e-5)
         with torch.no_grad():
             change()
+
+
+@pytest.mark.parametrize("softmax_head", [0, 8])
+def test_step_log_probs_are_the_steps_distribution(softmax_head):
+    """Decoding reads `step_log_probs`: the full layer's logits normalised, the adaptive softmax's output as
+    it is (already normalised), in a tensor the caller may change in place without touching the state."""
+    torch.manual_seed(0)
+    dec = CaptionDecoder(DecoderConfig(vocab_size=40, feature_dim=12, embed_dim=16, hidden_dim=32, dropout=0.0,
+                                       softmax_head=softmax_head)).eval()
+    v, tokens = torch.randn(3, 12), torch.tensor([1, 5, 9])
+    with torch.inference_mode():
+        logits, _ = dec.step(tokens, dec.start(v))
+        log_probs, state = dec.step_log_probs(tokens, dec.start(v))
+        torch.testing.assert_close(log_probs.logsumexp(-1), torch.zeros(3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(log_probs - logits, (log_probs - logits)[:, :1].expand(-1, 40))  # same ranking
+        before = {k: t.clone() for k, t in state.items()}
+        log_probs.fill_(0.0)
+        assert all(torch.equal(state[k], t) for k, t in before.items())
