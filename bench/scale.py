@@ -9,8 +9,9 @@ this machine.
 The machine's speed drifts by tens of percent over minutes, in slow spells that can last ten minutes, which
 alone can move an exponent by 0.2. So the sizes the exponent is fitted on run twice, the second pass in the
 same order after the first, so that each size's two runs lie a whole pass apart (a slow spell has to last
-that long to cover both), and each phase counts its faster time: drift only ever adds time. The data phases, a few seconds
-long, also run twice within each run. Each pass's own exponents are printed beside the combined one.
+that long to cover both), and each phase counts its faster time: drift only ever adds time. The data
+phases, a few seconds long, also run twice within each run. Each pass's own exponents are printed beside
+the combined one.
 
     make bench-scale [ARGS="--sizes 8091,16182,32364,123287 --batches 40"]
 """
