@@ -20,7 +20,7 @@ export MALLOC_ARENA_MAX ?= 2
 
 TRAIN_ARGS := --config $(CONFIG) $(if $(DATA_DIR),--data_dir $(DATA_DIR))
 
-.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet onnx ground serve bench bench-decode bench-backends bench-backends-portable bench-train bench-serve bench-bulk bench-scale \
+.PHONY: install test test-portable train train-charlm bench-charlm train-demo eval eval-imagenet onnx distill ground serve bench bench-decode bench-backends bench-backends-portable bench-train bench-serve bench-bulk bench-scale \
         docker-build docker-run docker-test scale-test clean
 
 install: $(VENV)/.installed
@@ -62,6 +62,10 @@ eval-imagenet: install
 # makes its own. Deterministic: the same checkpoint and photos give the same bytes.
 onnx: install
 	$(PY) -m training.export_onnx --model $(MODEL) --format $(or $(FORMAT),flickr8k) --data-dir $(or $(DATA_DIR),../shared/data/flickr8k) $(ARGS)
+
+# Teach MODEL's decoder its onnx-int8 encoder's vectors (training.distill): for serving it on onnx-int8.
+distill: install
+	$(PY) -m training.distill --model $(MODEL) $(TRAIN_ARGS) $(ARGS)
 
 # Fit grounding (concept detectors, calibration) onto an already trained MODEL; `make train` fits its own.
 ground: install

@@ -15,6 +15,8 @@ from captioner.encoders import create_encoder, encoder_spec
 from captioner.model import Captioner
 from captioner.vocab import SPECIALS, Vocabulary
 from service.openapi import openapi_spec
+from training import demo
+from training.config import TrainConfig, load_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
 LITE0 = encoder_spec("efficientnet_lite0")
@@ -56,6 +58,24 @@ def tiny_decoder(vocab_size: int, cell: str = "lstm", conditioning: str = "first
     with torch.no_grad():  # sharpen the random output layer so decoding has real preferences
         dec.out.weight.mul_(8.0)
     return dec.eval()
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The bundled synthetic demo set (training.demo), written once per session."""
+    return demo.write(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One feature cache for every training test: each set of vectors is extracted once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
+    """configs/demo.toml on `demo_dir`; `kw` may set the decoder's fields by dotted name (**{"decoder.dropout": 0})."""
+    return load_config("configs/demo.toml", {"data_dir": str(demo_dir), "cache_dir": str(cache_dir), "out_dir": str(out),
+                                             "progress": False, "scst_epochs": 0, **TRAINING_OVERRIDES, **kw})
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from captioner.encoders import create_encoder
 from captioner.options import DecodeOptions
 from captioner.softmax import AdaptiveSoftmax
 from captioner.vocab import tokenize
-from training import demo
 from training import train as train_mod
 from training.config import TrainConfig, load_config
 from training.features import build_or_load, decode_workers, is_complete
@@ -29,25 +28,9 @@ from training.datasets import DataError
 from training.scst import Reward, policy_gradient_loss, scst_advantages, scst_loss, scst_samples
 from training.train import Trainer, selection_score
 
-from .conftest import LITE0, TRAINING_OVERRIDES, tiny_decoder, tiny_vocab
+from .conftest import LITE0, TRAINING_OVERRIDES, demo_config, tiny_decoder, tiny_vocab
 
 START, END = 1, 2
-
-
-@pytest.fixture(scope="session")
-def demo_dir(tmp_path_factory) -> Path:
-    return demo.write(tmp_path_factory.mktemp("demo"))
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-def demo_config(demo_dir, cache_dir, out, **kw) -> TrainConfig:
-    """configs/demo.toml on `demo_dir`; `kw` may set the decoder's fields by dotted name (**{"decoder.dropout": 0})."""
-    return load_config("configs/demo.toml", {"data_dir": str(demo_dir), "cache_dir": str(cache_dir), "out_dir": str(out),
-                                             "progress": False, "scst_epochs": 0, **TRAINING_OVERRIDES, **kw})
 
 
 def train_bleu(trainer: Trainer) -> float:
