@@ -39,10 +39,6 @@ def test_distillation_teaches_the_decoder_the_other_vectors_and_keeps_it_on_its_
     assert after_other < 0.3 * before, (before, after_other)
     assert after_own < 0.3 * before, (before, after_own)  # and what it gave on its own vectors it still gives
     assert history[-1] < history[0]
-    for name, value in teacher.state_dict().items():  # it learned: the weights moved
-        if value.is_floating_point() and value.numel() > 16:
-            assert not torch.equal(value, decoder.state_dict()[name]), name
-            break
 
 
 def test_distill_command_writes_a_checkpoint_its_onnx_files_still_fit(demo_dir, cache_dir, tmp_path):
