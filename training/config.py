@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from captioner import fields
 from captioner.decoder import DecoderConfig
 from captioner.options import DecodeOptions
@@ -88,6 +90,11 @@ class TrainConfig:
     export_dtype: str = "float16"  # dtype of the shipped checkpoint's weights
     blind: bool = False  # zero the image vector: the no-image baseline
     progress: bool = True
+
+    @property
+    def export_torch_dtype(self) -> torch.dtype | None:
+        """The dtype a written checkpoint stores its floating weights in (None: as they are)."""
+        return getattr(torch, self.export_dtype) if self.export_dtype else None
 
     def __post_init__(self):  # fail before the features are built, not an hour into training
         if self.decoder.vocab_size or self.decoder.feature_dim:

@@ -28,7 +28,7 @@ from torch import nn
 
 from captioner import Captioner
 from captioner.backends import ImageEncoder, onnx_path
-from captioner.checkpoint import load as load_checkpoint, save as save_checkpoint
+from captioner.checkpoint import save as save_checkpoint
 from captioner.decoder import CaptionDecoder
 
 from . import config as config_mod
@@ -132,14 +132,11 @@ def distill_checkpoint(checkpoint: Path, cfg: config_mod.TrainConfig, data: Trai
     images = torch.cat([data.img_idx, torch.arange(len(own))])
     history = distill(model.decoder, DistillSet(images, tokens, fp32, int8), epochs, lr, cfg.batch_size,
                       cfg.grad_clip, cfg.seed)
-    ckpt = load_checkpoint(checkpoint)
-    ckpt.tensors.update({f"decoder.{k}": v for k, v in model.decoder.state_dict().items()})
-    ckpt.info = {**ckpt.info, "int8_distillation": {"epochs": epochs, "lr": lr,
-                                                   "kl_int8_by_epoch": [round(h, 6) for h in history],
-                                                   "seconds": round(time.perf_counter() - start, 1)}}
-    dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else None
+    record = {"epochs": epochs, "lr": lr, "kl_int8_by_epoch": [round(h, 6) for h in history],
+              "seconds": round(time.perf_counter() - start, 1)}
     target = Path(out or checkpoint)
-    save_checkpoint(target, ckpt, dtype=dtype)
+    save_checkpoint(target, model.checkpoint(info={**model.info, "int8_distillation": record}),
+                    dtype=cfg.export_torch_dtype)
     for backend in ("onnx", "onnx-int8"):  # the same encoder: its files serve the new checkpoint too
         src, dst = onnx_path(checkpoint, backend), onnx_path(target, backend)
         if src.is_file() and src != dst:

@@ -182,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     model.decoding = {**model.decoding, "grounded": cfg.grounded}  # ships decoding grounded unless the config says not
     options = model.default_options.updated({"grounded": cfg.grounded})
     model.grounding.min_word_score = caption_score_floor(model, data.val_feats, options, cfg.low_confidence_caption_share)
-    dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else None
-    save_checkpoint(args.out or args.model, model.checkpoint(), dtype=dtype)
+    save_checkpoint(args.out or args.model, model.checkpoint(), dtype=cfg.export_torch_dtype)
     log.info("wrote %s", args.out or args.model)
     return 0
 

@@ -393,8 +393,7 @@ class Trainer:
                 "train_captions": len(self.data.tokens), "train_seconds": round(self.state["train_seconds"], 1),
                 "feature_seconds": round(self.data.feature_seconds, 1), "torch": torch.__version__}
         path = self.out / "model.safetensors"
-        dtype = getattr(torch, cfg.export_dtype) if cfg.export_dtype else None
-        save_checkpoint(path, self.captioner.checkpoint(metrics={}, info=info), dtype=dtype)
+        save_checkpoint(path, self.captioner.checkpoint(metrics={}, info=info), dtype=cfg.export_torch_dtype)
         with self.clock("onnx export"):  # from the file, so the ONNX weights are the ones it holds (export_dtype)
             export_for_training(Captioner.from_checkpoint(path, backend="torch"), path, self.data.train)
         others = [k for k in cfg.final_beam_sizes if k != self.options.beam_size]  # the default is scored anyway
@@ -408,7 +407,7 @@ class Trainer:
         metrics = {"split": cfg.val_split, "images": len(self.data.val), "best_epoch": self.state["best_epoch"],
                    "decoding": self.options.public_dict(), "default": default, "by_beam_size": by_beam,
                    "human_fluency": human_fluency(self.data.val)}
-        save_checkpoint(path, dataclasses.replace(load_checkpoint(path), metrics=metrics), dtype=dtype)
+        save_checkpoint(path, dataclasses.replace(load_checkpoint(path), metrics=metrics), dtype=cfg.export_torch_dtype)
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (self.out / "val_captions.json").write_text(json.dumps(
             [{"image_id": r.image_id, "caption": c} for r, c in zip(self.data.val, captions)], indent=1))
