@@ -25,6 +25,7 @@ from training.features import build_or_load, decode_workers, is_complete
 from training.metrics import quick_scores, sentence_bleu
 from training.data import rarely_final_words
 from training.datasets import DataError
+from training.runtime import own_gpu
 from training.scst import Reward, policy_gradient_loss, scst_advantages, scst_loss, scst_samples
 from training.train import Trainer, selection_score
 
@@ -154,7 +155,7 @@ def test_scst_warm_start_from_a_checkpoint(demo_dir, cache_dir, tmp_path, monkey
     rl = Trainer(demo_config(demo_dir, cache_dir, tmp_path / "rl", **kw))
     start = {k: v.clone() for k, v in rl.decoder.state_dict().items()}
     for name, value in load_checkpoint(best).part("decoder").items():
-        assert torch.equal(start[name], value), name  # starts exactly where XE ended
+        assert torch.equal(start[name], value.to(start[name].device)), name  # starts exactly where XE ended
     rl.out.mkdir()
     rl.fit()
     assert [h["phase"] for h in rl.state["history"]] == ["scst"] * 2
@@ -312,6 +313,14 @@ def test_image_decoding_workers_only_take_cores_the_encoder_leaves_free(monkeypa
         torch.set_num_threads(threads)
 
 
+def test_torchrun_process_without_a_gpu_of_its_own_is_refused_with_the_way_out(monkeypatch):
+    """NCCL cannot put two ranks on one GPU; its own error says nothing of --nproc_per_node or --device."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert own_gpu(0) == 0 and own_gpu(1) == 1
+    with pytest.raises(RuntimeError, match=r"process 2 .* no GPU of its own \(2 visible\).*--nproc_per_node.*--device cpu"):
+        own_gpu(2)
+
+
 def test_feature_cache_reuse_invalidation_and_resume(demo_dir, tmp_path):
     torch.manual_seed(0)
     enc = create_encoder("efficientnet_lite0").eval()
@@ -409,6 +418,7 @@ def test_torchrun_ddp_on_cpu(demo_dir, cache_dir, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
            "--config", "configs/demo.toml", "--data_dir", str(demo_dir), "--cache_dir", str(tmp_path / "cache"),
            "--out_dir", str(out), "--epochs", "3", "--scst_epochs", "1", "--progress", "false", "--threads", "1",
+           "--device", "cpu",  # gloo, also where a GPU is present
            "--final_beam_sizes", "1", "--decoder.softmax_head", "6",  # 26 words: clusters [6, 24), [24, 26)
            *(["--amp", "false"] if TRAINING_OVERRIDES.get("amp") is False else [])]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
@@ -441,7 +451,8 @@ def test_two_node_torchrun_keeps_ranks_identical_and_matches_one_process(demo_di
     root, epochs = Path(__file__).parent.parent, 2
     common = ["-m", "training.train", "--config", "configs/demo.toml", "--data_dir", str(demo_dir),
               "--cache_dir", str(tmp_path / "cache"), "--epochs", str(epochs), "--scst_epochs", "0", "--decoder.dropout", "0",
-              "--progress", "false", "--threads", "1", "--final_beam_sizes", "1", "--amp", "false", "--num_workers", "0"]
+              "--progress", "false", "--threads", "1", "--final_beam_sizes", "1", "--amp", "false", "--num_workers", "0",
+              "--device", "cpu"]  # gloo on loopback, also where a GPU is present
     port = free_port()
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
             f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-node-test", *common, "--out_dir", str(tmp_path / "ddp"),

@@ -18,6 +18,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def own_gpu(local_rank: int) -> int:
+    """The GPU a torchrun process trains on: its local rank. NCCL cannot put two ranks on one GPU, so more
+    processes per node than GPUs is refused here, with the way out, rather than deep inside NCCL."""
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(f"torchrun process {local_rank} on this node has no GPU of its own ({count} visible): "
+                           "start as many processes per node as GPUs (--nproc_per_node), or train on the CPU "
+                           "(--device cpu)")
+    return local_rank
+
+
 class Distributed:
     """torchrun's environment, or a single process."""
 
@@ -29,7 +40,7 @@ class Distributed:
         if self.enabled:
             backend = "nccl" if device.type == "cuda" else "gloo"
             if device.type == "cuda":
-                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                self.device = torch.device("cuda", own_gpu(int(os.environ.get("LOCAL_RANK", "0"))))
                 torch.cuda.set_device(self.device)
             torch.distributed.init_process_group(backend)
 
