@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .backends import BACKEND_ENV, BACKENDS, DEFAULT_BACKEND
+from .backends import BACKEND_ENV, BACKENDS, default_backend
 from .bulk import caption_library, expand, photo_record
 from .model import default_model_path, load
 from .options import add_arguments, from_arguments
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
     cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder (default: "
-                     f"${BACKEND_ENV}, else {DEFAULT_BACKEND})")
+                     f"${BACKEND_ENV}, else {default_backend()} on this CPU)")
     add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")
     cap.add_argument("--explain", action="store_true", help="each word with its probability, entropy and alternatives")

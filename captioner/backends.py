@@ -26,8 +26,11 @@ from .checkpoint import CheckpointError
 from .preprocess import PreprocessConfig
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-# The fastest backend that keeps torch's captions: int8 is faster still but loses dev CIDEr (docs/speed.md).
-DEFAULT_BACKEND = "onnx"
+# CPU flags (Linux /proc/cpuinfo) of int8 dot-product instructions. Where a CPU has one, int8 is the default:
+# the fastest backend, and within 0.1 of torch's dev BLEU-4 and CIDEr (docs/speed.md). Without them ONNX
+# Runtime's uint8 x int8 products pass through 16-bit sums that can saturate (its quantisation guide), so
+# there the default is fp32 `onnx`, which gives torch's captions.
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 BACKEND_ENV = "CAPTIONER_BACKEND"
 SUFFIXES = {"onnx": ".encoder.onnx", "onnx-int8": ".encoder-int8.onnx"}
 DIGEST_KEY = "captioner.encoder_sha256"  # ONNX metadata: what the file was exported from
@@ -54,12 +57,28 @@ def encoder_digest(encoder: nn.Module, preprocess: PreprocessConfig) -> str:
     return h.hexdigest()
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; none where /proc/cpuinfo cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            line = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def default_backend(flags: frozenset[str] | None = None) -> str:
+    """`onnx-int8` on a CPU with int8 dot products, else `onnx` (INT8_DOT_PRODUCT_FLAGS says why)."""
+    flags = cpu_flags() if flags is None else flags
+    return "onnx-int8" if flags & INT8_DOT_PRODUCT_FLAGS else "onnx"
+
+
 def requested_backend(backend: str | None) -> tuple[str, bool]:
     """(backend, whether someone asked for it): the argument, else $CAPTIONER_BACKEND, else the default."""
     name = backend or os.environ.get(BACKEND_ENV) or ""
     if name and name not in BACKENDS:
         raise ValueError(f"unknown encoder backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return (name, True) if name else (DEFAULT_BACKEND, False)
+    return (name, True) if name else (default_backend(), False)
 
 
 class OnnxEncoder:
@@ -102,6 +121,9 @@ def image_encoder(backend: str | None, checkpoint: Path, encoder: nn.Module,
         if asked:
             raise CheckpointError(f"backend {name!r} needs {path}, which is not there: make it with `make onnx` "
                                   f"(python -m training.export_onnx --model {checkpoint})")
-        log.warning("no %s beside %s: encoding with torch (make it with `make onnx`)", path.name, checkpoint)
-        return "torch", encoder
+        if name == "onnx-int8" and onnx_path(checkpoint, "onnx").is_file():
+            name, path = "onnx", onnx_path(checkpoint, "onnx")  # trained without photos to calibrate int8 on
+        else:
+            log.warning("no %s beside %s: encoding with torch (make it with `make onnx`)", path.name, checkpoint)
+            return "torch", encoder
     return name, OnnxEncoder(path, encoder_digest(encoder, preprocess))

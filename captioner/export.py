@@ -21,6 +21,9 @@ OPSET = 17
 # int8 leaves the first convolutions in fp32 (with the activations and sums between them): there the feature
 # maps are largest and an error made early passes through every layer after it (docs/speed.md measures it).
 FP32_LEADING_CONVS = 0.28
+# It also leaves in fp32 every block without a residual sum (the first of each stage): there the block's
+# output is all quantised path, where a residual block adds its small quantised change to its input.
+# MinMax ranges are the mean of each photo's (CalibMovingAverage), not the extremes over all of them.
 log = logging.getLogger("captioner.export")
 
 
@@ -36,7 +39,7 @@ def export_onnx(model: Captioner, checkpoint: str | Path, calibration: Sequence[
         _export_fp32(model, fp32)
         outputs = {"onnx": fp32}
         if calibration:
-            outputs["onnx-int8"] = _quantize(fp32, Path(tmp), calibration)
+            outputs["onnx-int8"] = _quantize(fp32, Path(tmp), calibration, unsummed_blocks(model.encoder))
         for backend, made in outputs.items():
             graph = onnx.load(made)
             onnx.helper.set_model_props(graph, {DIGEST_KEY: digest, "captioner.backend": backend})
@@ -59,7 +62,12 @@ def _export_fp32(model: Captioner, path: Path) -> None:
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
 
 
-def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor]) -> Path:
+def unsummed_blocks(encoder: torch.nn.Module) -> list[int]:
+    """The indices of the encoder's blocks that have no residual sum."""
+    return [i for i, block in enumerate(getattr(encoder, "blocks", ())) if not getattr(block, "residual", True)]
+
+
+def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor], fp32_blocks: Sequence[int]) -> Path:
     """Static QDQ quantisation, MinMax ranges over the calibration photos (one at a time, in order)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -76,8 +84,21 @@ def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor]) -> Pat
     quant_pre_process(str(fp32), str(prepared))
     quantize_static(str(prepared), str(int8), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=leading_nodes(prepared, FP32_LEADING_CONVS))
+                    nodes_to_exclude=leading_nodes(prepared, FP32_LEADING_CONVS) + block_nodes(prepared, fp32_blocks),
+                    extra_options={"CalibMovingAverage": True})
     return int8
+
+
+def block_nodes(path: Path, blocks: Sequence[int]) -> list[str]:
+    """The names of the graph's nodes inside the encoder's `blocks` (the exporter scopes a node by the module
+    that made it: /blocks/blocks.7/... for `encoder.blocks[7]`)."""
+    import onnx
+
+    names = [n.name for n in onnx.load(path).graph.node]
+    found = {i: [n for n in names if n.startswith(f"/blocks/blocks.{i}/")] for i in blocks}
+    if missing := [i for i, nodes in found.items() if not nodes]:
+        raise ValueError(f"{path}: no node of block(s) {missing}: the exporter's node names changed")
+    return [n for nodes in found.values() for n in nodes]
 
 
 def leading_nodes(path: Path, share: float) -> list[str]:

@@ -222,5 +222,5 @@ class Captioner:
 
 def load(path: str | Path | None = None, backend: str | None = None) -> Captioner:
     """Load a checkpoint (default: $CAPTIONER_MODEL or the shipped Flickr8k model) onto the CPU, its encoder run
-    by `backend` ("torch", "onnx", "onnx-int8"; default: $CAPTIONER_BACKEND, else `backends.DEFAULT_BACKEND`)."""
+    by `backend` ("torch", "onnx", "onnx-int8"; default: $CAPTIONER_BACKEND, else `backends.default_backend()`)."""
     return Captioner.from_checkpoint(path or default_model_path(), backend)

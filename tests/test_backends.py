@@ -11,12 +11,12 @@ import pytest
 import torch
 
 import captioner
-from captioner import CheckpointError, checkpoint
+from captioner import CheckpointError, backends, checkpoint
 from captioner.__main__ import main as cli
-from captioner.backends import BACKEND_ENV, DEFAULT_BACKEND, onnx_path
+from captioner.backends import BACKEND_ENV, default_backend, onnx_path
 from captioner.decoder import CaptionDecoder
 from captioner.encoders import create_encoder
-from captioner.export import export_onnx
+from captioner.export import block_nodes, export_onnx
 from captioner.model import Captioner
 
 from .conftest import FIXTURES, LITE0, tiny_decoder, tiny_vocab
@@ -89,6 +89,29 @@ def test_export_is_deterministic_bound_to_its_checkpoint_and_refused_elsewhere(t
         captioner.load(path, backend="onnx")
 
 
+def test_int8_keeps_the_blocks_without_a_residual_sum_in_fp32(tmp_path, cat_photo):
+    """Their output is all quantised path, where a residual block adds its int8 change to its input: they
+    stay fp32, and the residual blocks past the leading fp32 share run in int8."""
+    import onnx
+
+    model, path = small_checkpoint(tmp_path, "q", seed=0)
+    export_onnx(model, path, [model.preprocess(cat_photo)])
+    graph = onnx.load(onnx_path(path, "onnx-int8")).graph
+    dequantised = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+
+    def int8_convs(block: int) -> int:
+        return sum(n.op_type == "Conv" and n.name.startswith(f"/blocks/blocks.{block}/") and n.input[1] in dequantised
+                   for n in graph.node)
+
+    blocks = list(model.encoder.blocks)
+    unsummed = [i for i, block in enumerate(blocks) if not block.residual]
+    last_residual = max(i for i, block in enumerate(blocks) if block.residual)
+    assert len(unsummed) >= 5 and [int8_convs(i) for i in unsummed] == [0] * len(unsummed)
+    assert int8_convs(last_residual) == 3  # expand, depthwise, project
+    with pytest.raises(ValueError, match="node names changed"):
+        block_nodes(onnx_path(path, "onnx"), [len(blocks)])
+
+
 def test_backend_choice_argument_environment_default(tmp_path, monkeypatch, caplog):
     model, path = small_checkpoint(tmp_path, "m", seed=0)
     with pytest.raises(CheckpointError, match="make onnx"):
@@ -106,7 +129,25 @@ def test_backend_choice_argument_environment_default(tmp_path, monkeypatch, capl
     monkeypatch.setenv(BACKEND_ENV, "torch")
     assert captioner.load().backend == "torch"
     monkeypatch.delenv(BACKEND_ENV)
-    assert captioner.load().backend == DEFAULT_BACKEND  # the shipped model carries its files
+    assert captioner.load().backend == default_backend()  # the shipped model carries its files
+
+
+def test_default_is_int8_only_where_the_cpu_has_int8_dot_products(tmp_path, monkeypatch):
+    """Without VNNI, ONNX Runtime's int8 products go through 16-bit sums that can saturate: fp32 there."""
+    assert default_backend(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "onnx-int8"
+    assert default_backend(frozenset({"avx2", "avx_vnni"})) == "onnx-int8"
+    assert default_backend(frozenset({"avx2", "fma", "avx512f", "avx512bw"})) == "onnx"
+    assert default_backend(frozenset()) == "onnx"  # flags unknown (not Linux)
+    assert isinstance(backends.cpu_flags(), frozenset)
+
+    monkeypatch.delenv(BACKEND_ENV, raising=False)
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
+    assert captioner.load().backend == "onnx-int8"
+    model, path = small_checkpoint(tmp_path, "fp32only", seed=0)
+    export_onnx(model, path)  # no calibration photos: no int8 file
+    assert captioner.load(path).backend == "onnx"  # the fp32 file, not torch
+    monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert captioner.load().backend == "onnx"
 
 
 def test_cli_backend_flag(cat_photo, capsys):
