@@ -22,8 +22,9 @@ OPSET = 17
 # maps are largest and an error made early passes through every layer after it (docs/speed.md measures it).
 FP32_LEADING_CONVS = 0.28
 # It also leaves in fp32 every block without a residual sum (the first of each stage): there the block's
-# output is all quantised path, where a residual block adds its small quantised change to its input.
-# MinMax ranges are the mean of each photo's (CalibMovingAverage), not the extremes over all of them.
+# output is all quantised path, where a residual block adds its small quantised change to its input
+# (docs/speed.md measures both). MinMax ranges are the mean of each calibration photo's own
+# (CalibMovingAverage), not the extremes over all of them.
 log = logging.getLogger("captioner.export")
 
 
@@ -68,7 +69,8 @@ def unsummed_blocks(encoder: torch.nn.Module) -> list[int]:
 
 
 def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor], fp32_blocks: Sequence[int]) -> Path:
-    """Static QDQ quantisation, MinMax ranges over the calibration photos (one at a time, in order)."""
+    """Static QDQ quantisation, MinMax ranges from the calibration photos (one at a time, in order), leaving
+    the leading share and `fp32_blocks` in fp32."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
