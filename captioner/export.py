@@ -82,33 +82,31 @@ def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor], fp32_b
             photo = next(self.left, None)
             return None if photo is None else {INPUT_NAME: photo.unsqueeze(0).float().contiguous().numpy()}
 
+    import onnx
+
     prepared, int8 = tmp / "encoder.pre.onnx", tmp / "encoder-int8.onnx"
     quant_pre_process(str(fp32), str(prepared))
+    nodes = onnx.load(prepared).graph.node
     quantize_static(str(prepared), str(int8), Photos(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=leading_nodes(prepared, FP32_LEADING_CONVS) + block_nodes(prepared, fp32_blocks),
+                    nodes_to_exclude=leading_nodes(nodes, FP32_LEADING_CONVS) + block_nodes(nodes, fp32_blocks),
                     extra_options={"CalibMovingAverage": True})
     return int8
 
 
-def block_nodes(path: Path, blocks: Sequence[int]) -> list[str]:
-    """The names of the graph's nodes inside the encoder's `blocks` (the exporter scopes a node by the module
+def block_nodes(nodes: Sequence, blocks: Sequence[int]) -> list[str]:
+    """The names of the graph `nodes` inside the encoder's `blocks` (the exporter scopes a node by the module
     that made it: /blocks/blocks.7/... for `encoder.blocks[7]`)."""
-    import onnx
-
-    names = [n.name for n in onnx.load(path).graph.node]
+    names = [n.name for n in nodes]
     found = {i: [n for n in names if n.startswith(f"/blocks/blocks.{i}/")] for i in blocks}
-    if missing := [i for i, nodes in found.items() if not nodes]:
-        raise ValueError(f"{path}: no node of block(s) {missing}: the exporter's node names changed")
-    return [n for nodes in found.values() for n in nodes]
+    if missing := [i for i, inside in found.items() if not inside]:
+        raise ValueError(f"no node of block(s) {missing} in the graph: the exporter's node names changed")
+    return [n for inside in found.values() for n in inside]
 
 
-def leading_nodes(path: Path, share: float) -> list[str]:
-    """The names of the graph's nodes (in its topological order) before the first convolution past the first
-    `share` of them."""
-    import onnx
-
-    nodes = onnx.load(path).graph.node
+def leading_nodes(nodes: Sequence, share: float) -> list[str]:
+    """The names of the graph `nodes` (in their topological order) before the first convolution past the
+    first `share` of them."""
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     first_int8 = convs[min(len(convs) - 1, round(share * len(convs)))]
     names = [n.name for n in nodes]

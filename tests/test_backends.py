@@ -109,7 +109,7 @@ def test_int8_keeps_the_blocks_without_a_residual_sum_in_fp32(tmp_path, cat_phot
     assert len(unsummed) >= 5 and [int8_convs(i) for i in unsummed] == [0] * len(unsummed)
     assert int8_convs(last_residual) == 3  # expand, depthwise, project
     with pytest.raises(ValueError, match="node names changed"):
-        block_nodes(onnx_path(path, "onnx"), [len(blocks)])
+        block_nodes(graph.node, [len(blocks)])
 
 
 def test_backend_choice_argument_environment_default(tmp_path, monkeypatch, caplog):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from captioner import Captioner
-from captioner.backends import ImageEncoder, onnx_path
+from captioner.backends import ImageEncoder, image_encoder, onnx_path
 from captioner.checkpoint import save as save_checkpoint
 from captioner.decoder import CaptionDecoder
 
@@ -50,13 +50,14 @@ class _EncoderModule(nn.Module):
         return self.encoder(batch)
 
 
-def int8_training_vectors(checkpoint: Path, cfg: config_mod.TrainConfig, data: TrainingData) -> torch.Tensor:
-    """The checkpoint's onnx-int8 vector of every training photo [N, D], from the feature cache (extracted
-    into it on first use, keyed by the int8 file's bytes)."""
-    model = Captioner.from_checkpoint(checkpoint, backend="onnx-int8")
+def int8_training_vectors(model: Captioner, checkpoint: Path, cfg: config_mod.TrainConfig,
+                          data: TrainingData) -> torch.Tensor:
+    """The onnx-int8 vector (`checkpoint`'s file, `model`'s encoder) of every training photo [N, D], from the
+    feature cache (extracted into it on first use, keyed by the int8 file's bytes)."""
+    _, int8 = image_encoder("onnx-int8", checkpoint, model.encoder, model.preprocess_cfg)
     identity = f"{encoder_identity(cfg)}+onnx-int8:{file_digest(onnx_path(checkpoint, 'onnx-int8'))[:16]}"
     photos = [r.image_path for r in data.train]
-    encoder = _EncoderModule(model.image_encoder, model.encoder.out_dim)
+    encoder = _EncoderModule(int8, model.encoder.out_dim)
     cache = build_or_load(cfg.cache_dir, encoder, identity, data.preprocess, photos, Path(cfg.data_dir),
                           num_workers=cfg.num_workers, progress=cfg.progress)
     return cache.tensor(photos)
@@ -117,16 +118,16 @@ def distill(decoder: CaptionDecoder, data: DistillSet, epochs: int, lr: float, b
     return history
 
 
-def distill_checkpoint(checkpoint: Path, cfg: config_mod.TrainConfig, data: TrainingData, epochs: int, lr: float,
-                       out: Path | None = None) -> bool:
-    """Distil the decoder of `checkpoint` (written to `out`, by default over it, with its ONNX files still
-    valid: the encoder is unchanged). False, saying why, when there is no int8 encoder file to learn from."""
+def distill_checkpoint(model: Captioner, checkpoint: Path, cfg: config_mod.TrainConfig, data: TrainingData,
+                       epochs: int, lr: float, out: Path | None = None) -> bool:
+    """Distil the decoder of `model`, loaded from `checkpoint` (written to `out`, by default over it, with its
+    ONNX files still valid: the encoder is unchanged). False, saying why, when there is no int8 encoder file
+    to learn from."""
     if not onnx_path(checkpoint, "onnx-int8").is_file():
         log.warning("no onnx-int8 file beside %s to learn from: make it with `make onnx`", checkpoint)
         return False
     start = time.perf_counter()
-    model = Captioner.from_checkpoint(checkpoint, backend="torch")
-    fp32, int8 = data.train_feats.cpu(), int8_training_vectors(checkpoint, cfg, data)
+    fp32, int8 = data.train_feats.cpu(), int8_training_vectors(model, checkpoint, cfg, data)
     own = own_captions(model, fp32, cfg.max_caption_words)
     tokens = torch.cat([data.tokens, own])
     images = torch.cat([data.img_idx, torch.arange(len(own))])
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.model} was not trained on this config's data (its vocabulary differs)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else None
-    return 0 if distill_checkpoint(Path(args.model), cfg, data, args.distill_epochs, args.distill_lr, out) else 2
+    ok = distill_checkpoint(model, Path(args.model), cfg, data, args.distill_epochs, args.distill_lr, out)
+    return 0 if ok else 2
 
 
 if __name__ == "__main__":
