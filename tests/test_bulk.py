@@ -2,6 +2,7 @@
 files reported and skipped, and --resume that continues a cut-off run without writing any photo twice."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -28,6 +29,17 @@ def library(tmp_path):
 
 def lines(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_but_float_noise(got, want) -> bool:
+    """Equal words, labels and structure; scores equal to float noise, which differs with how photos are batched."""
+    if isinstance(got, float) or isinstance(want, float):
+        return math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-3)
+    if isinstance(got, dict) and isinstance(want, dict):
+        return got.keys() == want.keys() and all(same_but_float_noise(got[k], want[k]) for k in got)
+    if isinstance(got, list) and isinstance(want, list):
+        return len(got) == len(want) and all(same_but_float_noise(g, w) for g, w in zip(got, want))
+    return got == want
 
 
 def test_expand_takes_folders_globs_and_files_once_each(library):
@@ -76,7 +88,8 @@ def test_the_ray_runner_captions_a_library_on_a_local_instance_and_resumes(libra
     try:
         assert cli_main(["caption", str(library), "--out", str(on_ray), "--ray", "--actors", "1", "--batch-size", "2",
                          "--no-progress"]) == 1
-        assert sorted(lines(on_ray), key=lambda d: d["image"]) == sorted(lines(local), key=lambda d: d["image"])
+        got, want = (sorted(lines(path), key=lambda d: d["image"]) for path in (on_ray, local))
+        assert same_but_float_noise(got, want), (got, want)  # Ray batches by 2, the local run all at once
         shutil.copy(FIXTURES / PHOTOS[2], library / PHOTOS[2])
         cli_main(["caption", str(library), "--out", str(on_ray), "--ray", "--actors", "1", "--resume", "--no-progress"])
     finally:
