@@ -24,19 +24,13 @@ import torch
 from captioner import Captioner, default_model_path, load
 from captioner.backends import BACKENDS
 from captioner.bulk import caption_library, expand
+from captioner.cpu import cpu_name
 
 from .common import PHOTOS, timed
 from .decode import alternating_medians
 from .serve import Server, closed_loop
 
 DEV_PHOTOS = "../shared/data/flickr8k/images"
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def in_process_rows(models: dict[str, Captioner], photos: list[Path], rounds: int) -> dict[str, dict[str, float]]:
@@ -137,7 +131,7 @@ def main() -> None:
     paths = expand([args.data_dir])[: args.photos] if Path(args.data_dir).is_dir() else []
     photos = [Path(x) for x in paths[:8]] or PHOTOS
     isa = os.environ.get("ATEN_CPU_CAPABILITY", "default") + " torch kernels"
-    print(f"{cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads, {isa}; "
+    print(f"{cpu_name() or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads, {isa}; "
           f"photos: {photos[0].parent}")
     rows = in_process_rows(models, photos, args.rounds)
     table("in process, per photo (median of alternating rounds)", rows, backends)

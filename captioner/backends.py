@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError
+from .cpu import cpu_flags
 from .preprocess import PreprocessConfig
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -55,16 +56,6 @@ def encoder_digest(encoder: nn.Module, preprocess: PreprocessConfig) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\0".encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them; none where /proc/cpuinfo cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            line = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
 
 
 def default_backend(flags: frozenset[str] | None = None) -> str:

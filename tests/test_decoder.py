@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from captioner.decoder import CaptionDecoder, DecoderConfig
+from captioner import decoder as decoder_module
+from captioner.decoder import CaptionDecoder, DecoderConfig, rows_product
 
 from .conftest import tiny_decoder
 from .equations import hand_step, weights
@@ -110,11 +112,30 @@ def test_image_vectors_are_standardised_with_training_statistics():
     assert "feature_mean" in dec.state_dict()  # travels inside the checkpoint
 
 
+# AMD: the step's products as (W x^T)^T from 2 rows; Intel: x W^T at the test's 3 rows
+VENDORS = ["AuthenticAMD", "GenuineIntel"]
+
+
+@pytest.mark.parametrize("vendor", VENDORS + [""])
+def test_rows_product_is_the_linear_layer_in_either_orientation(vendor, monkeypatch):
+    monkeypatch.setattr(decoder_module, "cpu_vendor", lambda: vendor)
+    weight, bias = torch.randn(40, 16), torch.randn(40)
+    for rows in (1, 3, 24):
+        x, per_row = torch.randn(rows, 16), torch.randn(rows, 40)
+        for add in (None, bias, per_row):
+            got = rows_product(x, weight, add)
+            assert got.is_contiguous()  # beam search views it
+            torch.testing.assert_close(got, F.linear(x, weight) + (0 if add is None else add))
+
+
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
 @pytest.mark.parametrize("conditioning", ["every_step", "first_input"])
-def test_inference_fast_path_equals_the_fused_module(cell, conditioning):
+@pytest.mark.parametrize("vendor", VENDORS)
+def test_inference_fast_path_equals_the_fused_module(cell, conditioning, vendor, monkeypatch):
     """Decoding without gradients precomputes word and image gate contributions; it must compute the
-    same thing as the fused cell, step after step, and notice when the weights change."""
+    same thing as the fused cell, step after step, in either orientation of its products, and notice when
+    the weights change."""
+    monkeypatch.setattr(decoder_module, "cpu_vendor", lambda: vendor)
     dec = tiny_decoder(40, cell=cell, conditioning=conditioning, feature_dim=24, hidden=H)
     v, toks = torch.randn(3, 24), [torch.tensor([1, 1, 1]), torch.tensor([5, 6, 7]), torch.tensor([8, 9, 4])]
     fused = torch.optim.AdamW(dec.parameters(), lr=0.05, fused=True)  # training's: leaves version counters alone

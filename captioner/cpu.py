@@ -1,0 +1,39 @@
+"""What this CPU is, as Linux's /proc/cpuinfo says: its maker and feature flags. Two choices hang on it: the
+default encoder backend (int8 needs dot-product instructions) and the orientation of the decoder's matrix
+products (MKL's kernels differ by maker)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def cpuinfo() -> dict[str, str]:
+    """The first processor's fields; empty where /proc/cpuinfo cannot be read (not Linux). Read once: the
+    decoder asks at every step."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        return {}
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them; none where unknown."""
+    return frozenset(cpuinfo().get("flags", "").split())
+
+
+def cpu_vendor() -> str:
+    """"GenuineIntel", "AuthenticAMD", ...; "" where unknown."""
+    return cpuinfo().get("vendor_id", "")
+
+
+def cpu_name() -> str:
+    """The model name ("AMD EPYC", "Intel(R) Xeon(R) Processor"); "" where unknown."""
+    return cpuinfo().get("model name", "")
