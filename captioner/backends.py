@@ -29,8 +29,8 @@ from .preprocess import PreprocessConfig
 BACKENDS = ("torch", "onnx", "onnx-int8")
 # CPU flags (Linux /proc/cpuinfo) of int8 dot-product instructions. Where a CPU has one, int8 is the default:
 # the fastest backend, and within 0.05 of torch's dev BLEU-4 and CIDEr (docs/speed.md). Without them ONNX
-# Runtime's uint8 x int8 products pass through 16-bit sums that can saturate (its quantisation guide), so
-# there the default is fp32 `onnx`, which gives torch's captions.
+# Runtime's uint8 x int8 products pass through 16-bit sums that can saturate (its quantisation guide; docs/speed.md
+# has the cost on a CPU with AVX2 only), so there the default is fp32 `onnx`, which gives torch's captions.
 INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 BACKEND_ENV = "CAPTIONER_BACKEND"
 SUFFIXES = {"onnx": ".encoder.onnx", "onnx-int8": ".encoder-int8.onnx"}
