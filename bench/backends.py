@@ -131,7 +131,8 @@ def main() -> None:
     paths = expand([args.data_dir])[: args.photos] if Path(args.data_dir).is_dir() else []
     photos = [Path(x) for x in paths[:8]] or PHOTOS
     isa = os.environ.get("ATEN_CPU_CAPABILITY", "default") + " torch kernels"
-    print(f"{cpu_name() or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads, {isa}; "
+    cpu = cpu_name() or platform.processor() or "unknown CPU"
+    print(f"{cpu}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} threads, {isa}; "
           f"photos: {photos[0].parent}")
     rows = in_process_rows(models, photos, args.rounds)
     table("in process, per photo (median of alternating rounds)", rows, backends)

@@ -7,13 +7,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 
-@lru_cache(maxsize=1)
-def cpuinfo() -> dict[str, str]:
-    """The first processor's fields; empty where /proc/cpuinfo cannot be read (not Linux). Read once: the
-    decoder asks at every step."""
+@lru_cache(maxsize=4)
+def cpuinfo(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """The first processor's fields; empty where the file cannot be read (not Linux). Read once: the decoder
+    asks at every step."""
     fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+        with open(path, encoding="utf-8", errors="replace") as info:
             for line in info:
                 if not line.strip():
                     break
@@ -30,7 +30,7 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_vendor() -> str:
-    """"GenuineIntel", "AuthenticAMD", ...; "" where unknown."""
+    """The maker: "GenuineIntel", "AuthenticAMD", ...; empty where unknown."""
     return cpuinfo().get("vendor_id", "")
 
 

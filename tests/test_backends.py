@@ -14,6 +14,7 @@ import captioner
 from captioner import CheckpointError, backends, checkpoint
 from captioner.__main__ import main as cli
 from captioner.backends import BACKEND_ENV, default_backend, onnx_path
+from captioner.cpu import cpuinfo
 from captioner.decoder import CaptionDecoder
 from captioner.encoders import create_encoder
 from captioner.export import block_nodes, export_onnx
@@ -148,6 +149,15 @@ def test_default_is_int8_only_where_the_cpu_has_int8_dot_products(tmp_path, monk
     assert captioner.load(path).backend == "onnx"  # the fp32 file, not torch
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
     assert captioner.load().backend == "onnx"
+
+
+def test_cpuinfo_reads_the_first_processor(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n\n"
+                    "processor\t: 1\nvendor_id\t: GenuineIntel\nflags\t\t: avx512_vnni\n")
+    assert cpuinfo(str(info)) == {"processor": "0", "vendor_id": "AuthenticAMD", "model name": "AMD EPYC",
+                                  "flags": "fpu avx2 fma"}
+    assert cpuinfo(str(tmp_path / "missing")) == {}
 
 
 def test_cli_backend_flag(cat_photo, capsys):
