@@ -71,6 +71,7 @@ def unsummed_blocks(encoder: torch.nn.Module) -> list[int]:
 def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor], fp32_blocks: Sequence[int]) -> Path:
     """Static QDQ quantisation, MinMax ranges from the calibration photos (one at a time, in order), leaving
     the leading share and `fp32_blocks` in fp32."""
+    import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -81,8 +82,6 @@ def _quantize(fp32: Path, tmp: Path, calibration: Sequence[torch.Tensor], fp32_b
         def get_next(self):
             photo = next(self.left, None)
             return None if photo is None else {INPUT_NAME: photo.unsqueeze(0).float().contiguous().numpy()}
-
-    import onnx
 
     prepared, int8 = tmp / "encoder.pre.onnx", tmp / "encoder-int8.onnx"
     quant_pre_process(str(fp32), str(prepared))
