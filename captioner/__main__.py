@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap = sub.add_parser("caption", help="caption image files, folders (recursively) or globs")
     cap.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
-    cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder (default: "
+    cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder and the decoding step (default: "
                      f"${BACKEND_ENV}, else {default_backend()} on this CPU)")
     add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")

@@ -7,7 +7,8 @@
 The ONNX files live beside the checkpoint (`NAME.encoder.onnx`, `NAME.encoder-int8.onnx`) and are made from it by
 `captioner.export` (`make onnx`). Each carries the digest of the encoder weights and preprocessing it was
 exported from, so a file made from another checkpoint is refused rather than quietly giving other vectors.
-The decoder always runs in torch.
+With either ONNX backend the decoder's step runs in ONNX Runtime too (`captioner.onnx_step`, fp32, built from the
+loaded weights); with `torch` all of decoding does.
 """
 
 from __future__ import annotations
@@ -72,20 +73,27 @@ def requested_backend(backend: str | None) -> tuple[str, bool]:
     return (name, True) if name else (default_backend(), False)
 
 
+def ort_session(model: Path | bytes, threads: int | None = None):
+    """An ONNX Runtime CPU session over a model file or serialised model, all graph optimisations on, with
+    torch's thread count unless told otherwise."""
+    import onnxruntime as ort  # only here: a torch-only install never needs it
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    # Spinning threads would take the cores from the torch work that runs between sessions' calls.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
+
+
 class OnnxEncoder:
     """An ONNX Runtime session over one exported encoder file, called like the torch module it replaces."""
 
     def __init__(self, path: Path, digest: str, threads: int | None = None):
-        import onnxruntime as ort  # only here: a torch-only install never needs it
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        # Spinning threads would take the cores from the torch decoder that runs right after each batch.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path, threads)
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types for a broken file
             raise CheckpointError(f"{path}: not a readable ONNX encoder ({exc})") from exc
         made_from = self.session.get_modelmeta().custom_metadata_map.get(DIGEST_KEY)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu import cpu_vendor
+from .onnx_step import OnnxStep, supported as onnx_step_supported
 from .rnn import CELLS, make_rnn
 from .softmax import AdaptiveSoftmax
 
@@ -96,6 +97,10 @@ class CaptionDecoder(nn.Module):
         # word's. For decodes that read fewer words than the vocabulary holds between weight updates (SCST's
         # samples: a V-row table rebuilt for every batch cost more than the rest of the sampling).
         self.word_table = True
+        # True: the fast path's steps run as one ONNX Runtime graph each (captioner.onnx_step; the ONNX backends
+        # set it), for decoders it supports; the same equations, built from the weights as they are.
+        self.step_in_onnx = False
+        self._onnx_step_key: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -193,26 +198,58 @@ class CaptionDecoder(nn.Module):
         the weights in place without bumping the version counters the table is keyed on, and weights only
         change in training, so the next decode rebuilds it from the weights as they are."""
         if mode:
-            self._table_key = None
+            self._table_key = self._onnx_step_key = None
         return super().train(mode)
 
+    def _fast_ready(self, state: State) -> bool:
+        """Whether the fast path can take this state: it needs the image's gates unless the image came first."""
+        return self._fast() and (self.cfg.conditioning == "first_input" or "image_gates" in state)
+
+    @staticmethod
+    def _weights_key(*tensors: torch.Tensor) -> tuple:
+        """Changes whenever one of `tensors` is replaced or changed in place (outside fused optimiser steps)."""
+        return tuple((t.data_ptr(), t._version) for t in tensors)
+
     def _word_gates(self) -> torch.Tensor:
-        w_ih, emb = self.rnn.weight_ih_l0, self.embed.weight
-        key = (w_ih.data_ptr(), w_ih._version, emb.data_ptr(), emb._version, self.rnn.bias_ih_l0._version,
-               self.rnn.bias_hh_l0._version)  # every tensor the table is built from
-        if self._table_key != key:
-            self._table, self._table_key = self._input_gates(emb), key
+        key = self._weights_key(self.rnn.weight_ih_l0, self.embed.weight, self.rnn.bias_ih_l0, self.rnn.bias_hh_l0)
+        if self._table_key != key:  # every tensor the table is built from
+            self._table, self._table_key = self._input_gates(self.embed.weight), key
         return self._table
+
+    def run_steps_in_onnx(self, on: bool = True) -> None:
+        """Decode with the step as one ONNX Runtime graph (`step_in_onnx`), built now rather than at the first
+        decode, where this decoder has one."""
+        self.step_in_onnx = on
+        if on and onnx_step_supported(self):
+            self._onnx_step()
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the ONNX Runtime session behind (it cannot be copied); a copy that decodes
+        with `step_in_onnx` builds its own from its weights."""
+        state = self.__dict__.copy()
+        state.pop("_onnx", None)
+        state["_onnx_step_key"] = None
+        return state
+
+    def _onnx_step(self):
+        """The step's ONNX Runtime graph (`captioner.onnx_step`), rebuilt when a weight it holds has changed."""
+        key = self._weights_key(self.rnn.weight_hh_l0, self.rnn.bias_hh_l0, self.out.weight, self.out.bias)
+        if self._onnx_step_key != key:
+            self._onnx, self._onnx_step_key = OnnxStep(self), key
+        return self._onnx
 
     def _input_gates(self, embedded: torch.Tensor) -> torch.Tensor:
         """W_x embed(w) + biases [N, gates] for word embeddings [N, E]."""
         gates = embedded @ self.rnn.weight_ih_l0[:, : self.cfg.embed_dim].T + self.rnn.bias_ih_l0
         return gates if self.cfg.cell == "gru" else gates + self.rnn.bias_hh_l0  # GRU keeps b_hn inside its reset gate
 
-    def _fast_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def _step_input_gates(self, tokens: torch.Tensor, state: State) -> torch.Tensor:
+        """What the words read [N] and the image add to the gates [N, gates], biases included."""
         gx = self._word_gates().index_select(0, tokens) if self.word_table else self._input_gates(self.embed(tokens))
-        if "image_gates" in state:
-            gx = gx + state["image_gates"]
+        return gx + state["image_gates"] if "image_gates" in state else gx
+
+    def _fast_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        gx = self._step_input_gates(tokens, state)
         h = state["h"][0]
         new = dict(state)
         if self.cfg.cell == "lstm":  # one product-and-add, one sigmoid over all four gates: fewer small ops
@@ -247,14 +284,25 @@ class CaptionDecoder(nn.Module):
     def step_log_probs(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """`step` as next-word log-probabilities [N, V] in fp32, a fresh tensor the caller may change in place.
         An adaptive softmax already gives log-probabilities: taking a log-softmax of them again would only
-        cost a V-wide pass per step and change the rounding."""
+        cost a V-wide pass per step and change the rounding. With `step_in_onnx` the fast path's step runs as one
+        ONNX Runtime graph (on the CPU, for decoders `captioner.onnx_step` supports)."""
+        if self.step_in_onnx and self._fast_ready(state) and tokens.device.type == "cpu" and onnx_step_supported(self):
+            return self._onnx_step_log_probs(tokens, state)
         logits, state = self.step(tokens, state)
         logits = logits.float()
         return (logits if isinstance(self.out, AdaptiveSoftmax) else F.log_softmax(logits, dim=-1)), state
 
+    def _onnx_step_log_probs(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        log_probs, h, c = self._onnx_step()(self._step_input_gates(tokens, state), state["h"][0],
+                                            state["c"][0] if "c" in state else None)
+        new = dict(state, h=h.unsqueeze(0))
+        if c is not None:
+            new["c"] = c.unsqueeze(0)
+        return log_probs, new
+
     def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """`step` without the output layer: the top layer's new state [N, H] and the whole new state."""
-        if self._fast() and (self.cfg.conditioning == "first_input" or "image_gates" in state):
+        if self._fast_ready(state):
             return self._fast_step(tokens, state)
         x = self.embed(tokens).unsqueeze(1)
         if "image" in state:

@@ -80,6 +80,7 @@ class Captioner:
         # What runs the encoder at inference (captioner.backends): the torch module unless given another.
         self.backend, self.image_encoder = backend or ("torch", self.encoder)
         self.decoder = decoder.eval()
+        self.decoder.run_steps_in_onnx(self.backend != "torch")  # `torch` stays the reference all through
         self.vocab = vocab
         self.preprocess_cfg = preprocess_cfg
         self.encoder_name = encoder_name

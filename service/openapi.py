@@ -166,7 +166,7 @@ def _schemas(options: dict) -> dict:
                       "properties": {
             "name": {"type": "string"}, "encoder": {"type": "string"},
             "backend": {"type": "string", "enum": list(BACKENDS),
-                        "description": "what runs the encoder (CAPTIONER_BACKEND)"},
+                        "description": "what runs the encoder and the decoding step (CAPTIONER_BACKEND)"},
             "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
             "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
             "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},

@@ -20,7 +20,7 @@ def _cores() -> int:
 @dataclass
 class Settings:
     model_path: str = ""  # empty: captioner's default ($CAPTIONER_MODEL, else the shipped model)
-    backend: str = ""  # what runs the encoder: torch, onnx, onnx-int8 (empty: captioner's default)
+    backend: str = ""  # what runs the encoder and decoding step: torch, onnx, onnx-int8 (empty: captioner's default)
     workers: int = 1  # gunicorn worker processes
     threads: int = 8  # request threads per worker (they mostly wait on the batcher)
     torch_threads: int = 0  # 0: cores // workers, so workers x torch threads <= cores

@@ -1,4 +1,4 @@
-"""Encoder backends: ONNX Runtime gives torch's vectors and captions, files are bound to their checkpoint, and
+"""Backends: ONNX Runtime gives torch's vectors and captions, files are bound to their checkpoint, and
 the backend is chosen as documented (argument, $CAPTIONER_BACKEND, default with a torch fallback)."""
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def test_shipped_onnx_gives_torchs_vectors_and_captions(shipped):
     assert (v["onnx"] - v["torch"]).abs().max() < 1e-3 * v["torch"].abs().max()
     assert cosine(v["onnx-int8"], v["torch"]).min() > 0.98  # int8: close, not equal
     captions = {b: [c[0].text for c in m.caption(list(PHOTOS))] for b, m in shipped.items()}
-    assert captions["onnx"] == captions["torch"]
+    assert captions["onnx"] == captions["torch"]  # the ONNX backends' decoding step too (captioner.onnx_step)
+    assert [m.decoder.step_in_onnx for m in shipped.values()] == [False, True, True]
+    assert shipped["onnx"].decoder._onnx_step_key is not None  # built at load and used, not torch's step
     assert {m.backend for m in shipped.values()} == {"torch", "onnx", "onnx-int8"}
 
 
