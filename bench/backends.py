@@ -6,7 +6,7 @@
 Rows: the encoder at batch 1 and 8; one photo end to end (JPEG to caption, the model's default decoding); a
 batch of 8 photos per photo; explain (49 occluded copies + the photo, one request); the service's throughput with
 8 clients (one worker behind its front); the library command over real photos; and a batch-1 decoding step
-against its memory floor. Each in-process row takes the median of rounds in which the backends take turns,
+against its memory floor, torch's and the ONNX backends'. Each in-process row takes the median of rounds in which the backends take turns,
 so all see the same machine. Ratios are against torch.
 """
 
@@ -84,29 +84,35 @@ def bulk_rows(models: dict[str, Captioner], paths: list[str]) -> dict[str, float
     return out
 
 
-def decoder_step(model: Captioner, photo: Path, short: int = 6, long: int = 18, rounds: int = 5) -> None:
+def decoder_step(models: dict[str, Captioner], photo: Path, short: int = 6, long: int = 18, rounds: int = 5) -> None:
     """A batch-1 decoding step against its memory floor: the bytes the step must read (the recurrent weight,
-    the output layer) over the rate at which this machine reads them in the step's own two products alone. A
-    step's cost is the slope of decoding time over forced lengths (<end> banned until then), so what a decode
-    costs once (its start, grounding, the answer) is not counted in it. Medians of `rounds` rounds in which
-    the floor and the decodes take turns."""
-    dec = model.decoder
+    the output layer) over the fastest rate at which this machine reads them, in the step's two products in
+    torch or in a plain sum of them. A step's cost is the slope of decoding time over forced lengths (<end>
+    banned until then), so what a decode costs once (its start, grounding, the answer) is not counted in it.
+    torch's step and the ONNX backends' (one graph per step, captioner.onnx_step), medians of `rounds`
+    rounds in which the floor and the decodes take turns."""
+    dec = models["torch"].decoder
     weights = [dec.rnn.weight_hh_l0, dec.out.weight, dec.out.bias]
     size = sum(w.numel() * w.element_size() for w in weights)
     h = torch.zeros(1, dec.cfg.hidden_dim)
-    v = model.encode(model.preprocess(photo).unsqueeze(0))
-    runs = {"floor": lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(20)]}
-    for k in (1, 3):
-        for n in (short, long):
-            runs[f"{k}/{n}"] = lambda k=k, n=n: model.decode(v, beam_size=k, min_length=n, max_length=n)
+    v = models["torch"].encode(models["torch"].preprocess(photo).unsqueeze(0))
+    runs = {"products": lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(20)],
+            "sum": lambda: [[w.sum() for w in weights] for _ in range(20)]}
+    steps = {"torch": models["torch"], "onnx": models["onnx"]}
+    for name, model in steps.items():
+        for k in (1, 3):
+            for n in (short, long):
+                runs[f"{name} {k}/{n}"] = lambda m=model, k=k, n=n: m.decode(v, beam_size=k, min_length=n, max_length=n)
     with torch.inference_mode():
         t = alternating_medians(runs, rounds)
-    floor = t["floor"] / 20
-    for method, k in (("greedy", 1), ("beam 3", 3)):
-        step = (t[f"{k}/{long}"] - t[f"{k}/{short}"]) / (long - short)
-        print(f"decoder step, {method} at batch 1: {1000 * step:.3f} ms; reads {size / 2**20:.1f} MiB of weights, "
-              f"floor {1000 * floor:.3f} ms ({size / floor / 1e9:.1f} GB/s in the two products alone) -> "
-              f"{step / floor:.2f}x the floor")
+    floor = min(t["products"], t["sum"]) / 20
+    print(f"\ndecoder step at batch 1: reads {size / 2**20:.1f} MiB of weights; floor {1000 * floor:.3f} ms "
+          f"({size / floor / 1e9:.1f} GB/s; products {size * 20 / t['products'] / 1e9:.1f}, "
+          f"sum {size * 20 / t['sum'] / 1e9:.1f} GB/s)")
+    for name in steps:
+        for method, k in (("greedy", 1), ("beam 3", 3)):
+            step = (t[f"{name} {k}/{long}"] - t[f"{name} {k}/{short}"]) / (long - short)
+            print(f"  {name} step, {method}: {1000 * step:.3f} ms, {step / floor:.2f}x the floor")
 
 
 def table(title: str, rows: dict[str, dict[str, float]], backends: list[str], unit: str = "ms", scale: float = 1000) -> None:
@@ -147,7 +153,7 @@ def main() -> None:
         for b in backends:
             print(f"  {b}: {bulk[f'{b} encoder alone'] / bulk[b]:.2f}x the encoder's own batched rate; "
                   f"{bulk[b] / bulk['torch, batch 1']:.2f}x the time per photo of torch at batch 1")
-    decoder_step(models["torch"], photos[0])
+    decoder_step(models, photos[0])
     e2e = rows["one photo end to end"]
     print("\nbackends: one photo end to end " + ", ".join(f"{b} {e2e[b] / e2e['torch']:.2f}x" for b in backends[1:]) +
           " the time of torch")
