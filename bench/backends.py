@@ -6,8 +6,8 @@
 Rows: the encoder at batch 1 and 8; one photo end to end (JPEG to caption, the model's default decoding); a
 batch of 8 photos per photo; explain (49 occluded copies + the photo, one request); the service's throughput with
 8 clients (one worker behind its front); the library command over real photos; and a batch-1 decoding step
-against its memory floor, torch's and the ONNX backends'. Each in-process row takes the median of rounds in which the backends take turns,
-so all see the same machine. Ratios are against torch.
+against its memory floor, torch's and the ONNX backends'. Each in-process row takes the median of rounds in
+which the backends take turns, so all see the same machine. Ratios are against torch.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cap = sub.add_parser("caption", help="caption image files, folders (recursively) or globs")
     cap.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB")
     cap.add_argument("--model", default=None, help=f"checkpoint (default: {default_model_path()})")
-    cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder and the decoding step (default: "
-                     f"${BACKEND_ENV}, else {default_backend()} on this CPU)")
+    cap.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder and the decoding step "
+                     f"(default: ${BACKEND_ENV}, else {default_backend()} on this CPU)")
     add_arguments(cap)
     cap.add_argument("--json", action="store_true", help="one JSON object per image and line")
     cap.add_argument("--explain", action="store_true", help="each word with its probability, entropy and alternatives")

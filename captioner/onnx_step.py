@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .backends import ort_session
+
 OPSET = 17
 
 
@@ -58,9 +60,9 @@ def step_graph(decoder: nn.Module) -> bytes:
     def array(t: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(t.detach().to("cpu", torch.float32).numpy())
 
-    weights = {"w_hh": array(rnn.weight_hh_l0.T), "w_out": array(decoder.out.weight.T), "b_out": array(decoder.out.bias),
-               "b_hh": array(rnn.bias_hh_l0), "split4": np.array([hidden] * 4, np.int64),
-               "split3": np.array([hidden] * 3, np.int64)}
+    weights = {"w_hh": array(rnn.weight_hh_l0.T), "b_hh": array(rnn.bias_hh_l0),
+               "w_out": array(decoder.out.weight.T), "b_out": array(decoder.out.bias),
+               "split4": np.array([hidden] * 4, np.int64), "split3": np.array([hidden] * 3, np.int64)}
     nodes = _cell_nodes(cfg.cell, hidden) + [
         helper.make_node("MatMul", ["h_next", "w_out"], ["logits_"]),
         helper.make_node("Add", ["logits_", "b_out"], ["logits"]),
@@ -72,7 +74,8 @@ def step_graph(decoder: nn.Module) -> bytes:
         return helper.make_tensor_value_info(name, TensorProto.FLOAT, ["rows", width])
 
     inputs = [value("gates_x", gates), value("h", hidden)] + ([value("c", hidden)] if lstm else [])
-    outputs = [value("log_probs", cfg.vocab_size), value("h_next", hidden)] + ([value("c_next", hidden)] if lstm else [])
+    outputs = [value("log_probs", cfg.vocab_size), value("h_next", hidden)]
+    outputs += [value("c_next", hidden)] if lstm else []
     graph = helper.make_graph(nodes, f"{cfg.cell}_step", inputs, outputs,
                               [numpy_helper.from_array(a, k) for k, a in weights.items() if k in used])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]).SerializeToString()
@@ -83,8 +86,6 @@ class OnnxStep:
     tensors in and out (c and c_next None unless the cell is an LSTM)."""
 
     def __init__(self, decoder: nn.Module, threads: int | None = None):
-        from .backends import ort_session  # only here: a torch-only install never needs ONNX Runtime
-
         if not supported(decoder):
             raise ValueError("the ONNX step needs a one-layer decoder with a full softmax")
         self.session = ort_session(step_graph(decoder), threads)

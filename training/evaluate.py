@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--karpathy-json", default="")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder and the decoding step (default: "
-                   "$CAPTIONER_BACKEND, else captioner's default)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="what runs the encoder and the decoding step "
+                   "(default: $CAPTIONER_BACKEND, else captioner's default)")
     add_arguments(p)
     p.add_argument("--out", default=None, help="write metrics JSON here")
     p.add_argument("--captions-out", default=None, help="write [{image_id, caption}] JSON here")
