@@ -89,8 +89,9 @@ def decoder_step(models: dict[str, Captioner], photo: Path, short: int = 6, long
     the output layer) over the fastest rate at which this machine reads them, in the step's two products in
     torch or in a plain sum of them. A step's cost is the slope of decoding time over forced lengths (<end>
     banned until then), so what a decode costs once (its start, grounding, the answer) is not counted in it.
-    torch's step and the ONNX backends' (one graph per step, captioner.onnx_step), medians of `rounds`
-    rounds in which the floor and the decodes take turns."""
+    torch's step and the ONNX backends' (one graph per step, captioner.onnx_step; onnx-int8's too where its
+    products run in int8, against a quarter of the floor: int8 weights are a quarter of the bytes), medians
+    of `rounds` rounds in which the floor and the decodes take turns."""
     dec = models["torch"].decoder
     weights = [dec.rnn.weight_hh_l0, dec.out.weight, dec.out.bias]
     size = sum(w.numel() * w.element_size() for w in weights)
@@ -99,6 +100,8 @@ def decoder_step(models: dict[str, Captioner], photo: Path, short: int = 6, long
     runs = {"products": lambda: [(h @ dec.rnn.weight_hh_l0.T, dec.out(h)) for _ in range(20)],
             "sum": lambda: [[w.sum() for w in weights] for _ in range(20)]}
     steps = {"torch": models["torch"], "onnx": models["onnx"]}
+    if models["onnx-int8"].decoder.onnx_step_int8:  # this CPU's int8 part is the step (backends.int8_part)
+        steps["onnx-int8"] = models["onnx-int8"]
     for name, model in steps.items():
         for k in (1, 3):
             for n in (short, long):
@@ -109,10 +112,12 @@ def decoder_step(models: dict[str, Captioner], photo: Path, short: int = 6, long
     print(f"\ndecoder step at batch 1: reads {size / 2**20:.1f} MiB of weights; floor {1000 * floor:.3f} ms "
           f"({size / floor / 1e9:.1f} GB/s; products {size * 20 / t['products'] / 1e9:.1f}, "
           f"sum {size * 20 / t['sum'] / 1e9:.1f} GB/s)")
-    for name in steps:
+    for name, model in steps.items():
+        int8 = model.decoder.onnx_step_int8
         for method, k in (("greedy", 1), ("beam 3", 3)):
             step = (t[f"{name} {k}/{long}"] - t[f"{name} {k}/{short}"]) / (long - short)
-            print(f"  {name} step, {method}: {1000 * step:.3f} ms, {step / floor:.2f}x the floor")
+            print(f"  {name} step{' (int8 products)' if int8 else ''}, {method}: {1000 * step:.3f} ms, "
+                  f"{step / (floor / 4 if int8 else floor):.2f}x {'its' if int8 else 'the'} floor")
 
 
 def table(title: str, rows: dict[str, dict[str, float]], backends: list[str], unit: str = "ms", scale: float = 1000) -> None:

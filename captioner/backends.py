@@ -2,13 +2,15 @@
 
 - `torch`: the checkpoint's own module; the reference, and training's path.
 - `onnx`: the same network exported to ONNX and run by ONNX Runtime (fp32).
-- `onnx-int8`: that file statically quantised (int8 weights per channel, uint8 activations) on training photos.
+- `onnx-int8`: ONNX Runtime with int8 products where this CPU keeps torch's quality with them (`int8_part`): on a
+  CPU with int8 dot products, the encoder file statically quantised (int8 weights per channel, uint8
+  activations) on training photos; elsewhere the fp32 encoder and the decoding step's two products in int8.
 
 The ONNX files live beside the checkpoint (`NAME.encoder.onnx`, `NAME.encoder-int8.onnx`) and are made from it by
 `captioner.export` (`make onnx`). Each carries the digest of the encoder weights and preprocessing it was
 exported from, so a file made from another checkpoint is refused rather than quietly giving other vectors.
-With either ONNX backend the decoder's step runs in ONNX Runtime too (`captioner.onnx_step`, fp32, built from the
-loaded weights); with `torch` all of decoding does.
+With either ONNX backend the decoder's step runs in ONNX Runtime too (`captioner.onnx_step`, built from the
+loaded weights); with `torch` all of decoding runs in torch.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from .cpu import cpu_flags
 from .preprocess import PreprocessConfig
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
-# CPU flags (Linux /proc/cpuinfo) of int8 dot-product instructions. Where a CPU has one, int8 is the default:
-# the fastest backend, and within 0.05 of torch's dev BLEU-4 and CIDEr (docs/speed.md). Without them ONNX
-# Runtime's uint8 x int8 products pass through 16-bit sums that can saturate (its quantisation guide; docs/speed.md
-# has the cost on a CPU with AVX2 only), so there the default is fp32 `onnx`, which gives torch's captions.
+# CPU flags (Linux /proc/cpuinfo) of int8 dot-product instructions. Where a CPU has one, `onnx-int8` runs the int8
+# encoder: within 0.05 of torch's dev BLEU-4 and CIDEr (docs/speed.md). Without them ONNX Runtime's uint8 x int8
+# products pass through 16-bit sums that saturate on the encoder's 8-bit weights (its quantisation guide; 1.06
+# CIDEr lost on an AVX2-only CPU, docs/speed.md), so there `onnx-int8` keeps the fp32 encoder and runs the
+# decoding step's products in int8, whose 7-bit weights cannot saturate (captioner.onnx_step). The step in int8
+# with the int8 encoder loses more than either alone (docs/speed.md), so one CPU never gets both.
 INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 BACKEND_ENV = "CAPTIONER_BACKEND"
 SUFFIXES = {"onnx": ".encoder.onnx", "onnx-int8": ".encoder-int8.onnx"}
@@ -59,10 +63,18 @@ def encoder_digest(encoder: nn.Module, preprocess: PreprocessConfig) -> str:
     return h.hexdigest()
 
 
-def default_backend(flags: frozenset[str] | None = None) -> str:
-    """`onnx-int8` on a CPU with int8 dot products, else `onnx` (INT8_DOT_PRODUCT_FLAGS says why)."""
-    flags = cpu_flags() if flags is None else flags
-    return "onnx-int8" if flags & INT8_DOT_PRODUCT_FLAGS else "onnx"
+def default_backend() -> str:
+    """`onnx-int8`: the fastest backend on every CPU measured, within 0.5 of torch's dev BLEU-4 and CIDEr
+    (`int8_part` picks what runs in int8; docs/speed.md)."""
+    return "onnx-int8"
+
+
+def int8_part(backend: str, flags: frozenset[str] | None = None) -> str | None:
+    """What `backend` runs in int8 on a CPU with these flags (default: this CPU's): "encoder", "step" or None
+    (INT8_DOT_PRODUCT_FLAGS says why)."""
+    if backend != "onnx-int8":
+        return None
+    return "encoder" if (cpu_flags() if flags is None else flags) & INT8_DOT_PRODUCT_FLAGS else "step"
 
 
 def requested_backend(backend: str | None) -> tuple[str, bool]:
@@ -115,7 +127,7 @@ def image_encoder(backend: str | None, checkpoint: Path, encoder: nn.Module,
     name, asked = requested_backend(backend)
     if name == "torch":
         return name, encoder
-    path = onnx_path(checkpoint, name)
+    path = onnx_path(checkpoint, "onnx-int8" if int8_part(name) == "encoder" else "onnx")
     if not path.is_file():
         if asked:
             raise CheckpointError(f"backend {name!r} needs {path}, which is not there: make it with `make onnx` "

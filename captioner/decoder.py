@@ -100,6 +100,7 @@ class CaptionDecoder(nn.Module):
         # True: the fast path's steps run as one ONNX Runtime graph each (captioner.onnx_step; the ONNX backends
         # set it), for decoders it supports; the same equations, built from the weights as they are.
         self.step_in_onnx = False
+        self.onnx_step_int8 = False  # True: that graph's two products in int8 (`captioner.onnx_step`)
         self._onnx_step_key: tuple | None = None
         self.reset_parameters()
 
@@ -216,10 +217,10 @@ class CaptionDecoder(nn.Module):
             self._table, self._table_key = self._input_gates(self.embed.weight), key
         return self._table
 
-    def run_steps_in_onnx(self, on: bool = True) -> None:
-        """Decode with the step as one ONNX Runtime graph (`step_in_onnx`), built now rather than at the first
-        decode, where this decoder has one."""
-        self.step_in_onnx = on
+    def run_steps_in_onnx(self, on: bool = True, int8: bool = False) -> None:
+        """Decode with the step as one ONNX Runtime graph (`step_in_onnx`), its products in int8 if asked, built
+        now rather than at the first decode, where this decoder has one."""
+        self.step_in_onnx, self.onnx_step_int8 = on, int8
         if on and onnx_step_supported(self):
             self._onnx_step()
 
@@ -233,9 +234,10 @@ class CaptionDecoder(nn.Module):
 
     def _onnx_step(self):
         """The step's ONNX Runtime graph (`captioner.onnx_step`), rebuilt when a weight it holds has changed."""
-        key = self._weights_key(self.rnn.weight_hh_l0, self.rnn.bias_hh_l0, self.out.weight, self.out.bias)
+        key = (self.onnx_step_int8,) + self._weights_key(self.rnn.weight_hh_l0, self.rnn.bias_hh_l0, self.out.weight,
+                                                         self.out.bias)
         if self._onnx_step_key != key:
-            self._onnx, self._onnx_step_key = OnnxStep(self), key
+            self._onnx, self._onnx_step_key = OnnxStep(self, int8=self.onnx_step_int8), key
         return self._onnx
 
     def _input_gates(self, embedded: torch.Tensor) -> torch.Tensor:

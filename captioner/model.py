@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt_io
-from .backends import ImageEncoder, image_encoder
+from .backends import ImageEncoder, image_encoder, int8_part
 from .decoder import CaptionDecoder, DecoderConfig
 from .decoding import Hypothesis, WordBans, search
 from .encoders import create_encoder
@@ -80,7 +80,8 @@ class Captioner:
         # What runs the encoder at inference (captioner.backends): the torch module unless given another.
         self.backend, self.image_encoder = backend or ("torch", self.encoder)
         self.decoder = decoder.eval()
-        self.decoder.run_steps_in_onnx(self.backend != "torch")  # `torch` stays the reference all through
+        # `torch` stays the reference all through; `onnx-int8` may run the step's products in int8 (`int8_part`)
+        self.decoder.run_steps_in_onnx(self.backend != "torch", int8=int8_part(self.backend) == "step")
         self.vocab = vocab
         self.preprocess_cfg = preprocess_cfg
         self.encoder_name = encoder_name

@@ -13,12 +13,12 @@ import torch
 import captioner
 from captioner import CheckpointError, backends, checkpoint
 from captioner.__main__ import main as cli
-from captioner.backends import BACKEND_ENV, default_backend, onnx_path
+from captioner.backends import BACKEND_ENV, default_backend, int8_part, onnx_path
 from captioner.cpu import cpuinfo
 from captioner.decoder import CaptionDecoder
 from captioner.encoders import create_encoder
 from captioner.export import block_nodes, export_onnx
-from captioner.model import Captioner
+from captioner.model import Captioner, default_model_path
 
 from .conftest import FIXTURES, LITE0, tiny_decoder, tiny_vocab
 
@@ -135,22 +135,29 @@ def test_backend_choice_argument_environment_default(tmp_path, monkeypatch, capl
     assert captioner.load().backend == default_backend()  # the shipped model carries its files
 
 
-def test_default_is_int8_only_where_the_cpu_has_int8_dot_products(tmp_path, monkeypatch):
-    """Without VNNI, ONNX Runtime's int8 products go through 16-bit sums that can saturate: fp32 there."""
-    assert default_backend(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "onnx-int8"
-    assert default_backend(frozenset({"avx2", "avx_vnni"})) == "onnx-int8"
-    assert default_backend(frozenset({"avx2", "fma", "avx512f", "avx512bw"})) == "onnx"
-    assert default_backend(frozenset()) == "onnx"  # flags unknown (not Linux)
+def test_int8_runs_the_encoder_only_where_the_cpu_has_int8_dot_products(tmp_path, monkeypatch):
+    """Without VNNI, ONNX Runtime's int8 convolutions go through 16-bit sums that saturate: there `onnx-int8`
+    keeps the fp32 encoder and runs the decoding step's (saturation-free) products in int8 instead."""
+    assert int8_part("onnx-int8", frozenset({"avx2", "avx512f", "avx512_vnni"})) == "encoder"
+    assert int8_part("onnx-int8", frozenset({"avx2", "avx_vnni"})) == "encoder"
+    assert int8_part("onnx-int8", frozenset({"avx2", "fma", "avx512f", "avx512bw"})) == "step"
+    assert int8_part("onnx-int8", frozenset()) == "step"  # flags unknown (not Linux)
+    assert int8_part("onnx", frozenset({"avx512_vnni"})) is None and int8_part("torch", frozenset()) is None
     assert isinstance(backends.cpu_flags(), frozenset)
 
     monkeypatch.delenv(BACKEND_ENV, raising=False)
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
-    assert captioner.load().backend == "onnx-int8"
-    model, path = small_checkpoint(tmp_path, "fp32only", seed=0)
-    export_onnx(model, path)  # no calibration photos: no int8 file
+    model = captioner.load()
+    assert model.backend == "onnx-int8" and model.image_encoder.path == onnx_path(default_model_path(), "onnx-int8")
+    assert model.decoder.step_in_onnx and not model.decoder.onnx_step_int8
+    small, path = small_checkpoint(tmp_path, "fp32only", seed=0)
+    export_onnx(small, path)  # no calibration photos: no int8 file
     assert captioner.load(path).backend == "onnx"  # the fp32 file, not torch
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
-    assert captioner.load().backend == "onnx"
+    model = captioner.load()
+    assert model.backend == "onnx-int8" and model.image_encoder.path == onnx_path(default_model_path(), "onnx")
+    assert model.decoder.step_in_onnx and model.decoder.onnx_step_int8
+    assert captioner.load(path).backend == "onnx-int8"  # the fp32 file is all it needs here
 
 
 def test_cpuinfo_reads_the_first_processor(tmp_path):

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import onnx
 import pytest
 import torch
 
 from captioner.decoder import CaptionDecoder, DecoderConfig
 from captioner.decoding import WordBans, beam_search, sequential_decode
-from captioner.onnx_step import OnnxStep, supported
+from captioner.onnx_step import WEIGHT_LEVELS, OnnxStep, int8_weights, step_graph, supported
 
 from .conftest import tiny_decoder
 
@@ -107,3 +109,44 @@ def test_copies_build_their_own_graph_from_their_own_weights():
     assert_same_steps(twin, v)
     assert_same_steps(shallow, v)
     assert_same_steps(dec, v)
+
+
+def test_int8_weights_are_seven_bit_per_column_and_within_half_a_step():
+    weight = np.random.default_rng(0).normal(size=(16, 6)).astype(np.float32)
+    weight[:, 5] = 0.0  # a column of zeros keeps a usable scale
+    q, scale = int8_weights(weight)
+    assert q.dtype == np.int8 and scale.shape == (6,) and np.all(scale > 0)
+    assert np.abs(q).max() == WEIGHT_LEVELS and np.all(np.abs(q[:, :5]).max(axis=0) == WEIGHT_LEVELS)
+    assert np.all(np.abs(q * scale - weight) <= scale / 2 + 1e-7) and not q[:, 5].any()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_int8_step_is_close_to_torchs_and_each_row_its_own(cell):
+    dec = tiny_decoder(V, cell=cell, conditioning="every_step", feature_dim=D, seed=1)
+    with torch.no_grad():  # weights as large as a trained decoder's, so int8's rounding is the error measured
+        dec.rnn.weight_hh_l0.mul_(8.0)
+        dec.out.weight.mul_(8.0)
+    fp32, int8 = OnnxStep(dec), OnnxStep(dec, int8=True)
+    torch.manual_seed(0)
+    gates_x, h = torch.randn(4, dec.rnn.weight_hh_l0.size(0)), torch.rand(4, 32) * 2 - 1
+    c = torch.randn(4, 32) if cell == "lstm" else None
+    exact, rounded = fp32(gates_x, h, c), int8(gates_x, h, c)
+    error = (rounded[0] - exact[0]).abs().max()
+    assert 0 < error < 0.05 * exact[0].abs().max()  # int8: close, not equal
+    assert (rounded[1] - exact[1]).abs().max() < 0.05
+    alone = int8(gates_x[2:3], h[2:3], c[2:3] if c is not None else None)
+    assert torch.equal(alone[0][0], rounded[0][2])  # a row's scale is its own: batching changes nothing
+
+
+def test_a_decoder_asked_for_int8_steps_runs_the_int8_graph_and_switches_back():
+    dec = tiny_decoder(V, cell="lstm", conditioning="every_step", feature_dim=D, seed=3)
+    ops = [node.op_type for node in onnx.load_from_string(step_graph(dec, int8=True)).graph.node]
+    assert ops.count("MatMulInteger") == 2 and "MatMul" not in ops  # both products, no fp32 one left
+    v = torch.randn(3, D)
+    dec.run_steps_in_onnx(int8=True)
+    int8_steps = [lp for lp, _ in steps(dec, v, True)]
+    assert not all(torch.equal(a, b) for a, (b, _) in zip(int8_steps, steps(dec, v, False), strict=True))
+    dec.run_steps_in_onnx(int8=False)  # the flag is part of the graph's key: the fp32 graph again
+    assert_same_steps(dec, v)
+    dec.run_steps_in_onnx(int8=True)
+    assert all(torch.equal(a, b) for a, (b, _) in zip(int8_steps, steps(dec, v, True), strict=True))

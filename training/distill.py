@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from captioner import Captioner
-from captioner.backends import ImageEncoder, image_encoder, onnx_path
+from captioner.backends import ImageEncoder, OnnxEncoder, encoder_digest, onnx_path
 from captioner.checkpoint import save as save_checkpoint
 from captioner.decoder import CaptionDecoder
 
@@ -54,8 +54,9 @@ def int8_training_vectors(model: Captioner, checkpoint: Path, cfg: config_mod.Tr
                           data: TrainingData) -> torch.Tensor:
     """The onnx-int8 vector (`checkpoint`'s file, `model`'s encoder) of every training photo [N, D], from the
     feature cache (extracted into it on first use, keyed by the int8 file's bytes)."""
-    _, int8 = image_encoder("onnx-int8", checkpoint, model.encoder, model.preprocess_cfg)
-    identity = f"{encoder_identity(cfg)}+onnx-int8:{file_digest(onnx_path(checkpoint, 'onnx-int8'))[:16]}"
+    path = onnx_path(checkpoint, "onnx-int8")  # the int8 encoder itself, whichever part `onnx-int8` runs here
+    int8 = OnnxEncoder(path, encoder_digest(model.encoder, model.preprocess_cfg))
+    identity = f"{encoder_identity(cfg)}+onnx-int8:{file_digest(path)[:16]}"
     photos = [r.image_path for r in data.train]
     encoder = _EncoderModule(int8, model.encoder.out_dim)
     cache = build_or_load(cfg.cache_dir, encoder, identity, data.preprocess, photos, Path(cfg.data_dir),
