@@ -80,8 +80,9 @@ class Captioner:
         # What runs the encoder at inference (captioner.backends): the torch module unless given another.
         self.backend, self.image_encoder = backend or ("torch", self.encoder)
         self.decoder = decoder.eval()
-        # `torch` stays the reference all through; `onnx-int8` may run the step's products in int8 (`int8_part`)
-        self.decoder.run_steps_in_onnx(self.backend != "torch", int8=int8_part(self.backend) == "step")
+        self.int8_part = int8_part(self.backend)  # what runs in int8 on this CPU: "encoder", "step" or None
+        # `torch` stays the reference all through
+        self.decoder.run_steps_in_onnx(self.backend != "torch", int8=self.int8_part == "step")
         self.vocab = vocab
         self.preprocess_cfg = preprocess_cfg
         self.encoder_name = encoder_name
@@ -210,6 +211,7 @@ class Captioner:
         return {
             "encoder": self.encoder_name,
             "backend": self.backend,
+            "int8": self.int8_part,
             "decoder": {"cell": cfg.cell, "hidden_dim": cfg.hidden_dim, "embed_dim": cfg.embed_dim,
                         "num_layers": cfg.num_layers, "conditioning": cfg.conditioning,
                         "softmax_head": cfg.softmax_head},

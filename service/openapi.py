@@ -167,6 +167,8 @@ def _schemas(options: dict) -> dict:
             "name": {"type": "string"}, "encoder": {"type": "string"},
             "backend": {"type": "string", "enum": list(BACKENDS),
                         "description": "what runs the encoder and the decoding step (CAPTIONER_BACKEND)"},
+            "int8": {"type": ["string", "null"], "enum": ["encoder", "step", None],
+                     "description": "what the backend runs in int8 on this host's CPU (onnx-int8 only)"},
             "decoder": {"type": "object", "required": ["cell"], "properties": {"cell": {"type": "string", "enum": ["rnn", "lstm", "gru"]}}},
             "vocab_size": {"type": "integer", "minimum": 4}, "checkpoint_sha256": {"type": ["string", "null"]},
             "metrics": {"type": "object"}, "preprocess": {"type": "object"}, "load_seconds": {"type": "number"},

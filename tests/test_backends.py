@@ -149,14 +149,14 @@ def test_int8_runs_the_encoder_only_where_the_cpu_has_int8_dot_products(tmp_path
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx512_vnni"}))
     model = captioner.load()
     assert model.backend == "onnx-int8" and model.image_encoder.path == onnx_path(default_model_path(), "onnx-int8")
-    assert model.decoder.step_in_onnx and not model.decoder.onnx_step_int8
+    assert model.decoder.step_in_onnx and not model.decoder.onnx_step_int8 and model.describe()["int8"] == "encoder"
     small, path = small_checkpoint(tmp_path, "fp32only", seed=0)
     export_onnx(small, path)  # no calibration photos: no int8 file
     assert captioner.load(path).backend == "onnx"  # the fp32 file, not torch
     monkeypatch.setattr(backends, "cpu_flags", lambda: frozenset({"avx2"}))
     model = captioner.load()
     assert model.backend == "onnx-int8" and model.image_encoder.path == onnx_path(default_model_path(), "onnx")
-    assert model.decoder.step_in_onnx and model.decoder.onnx_step_int8
+    assert model.decoder.step_in_onnx and model.decoder.onnx_step_int8 and model.describe()["int8"] == "step"
     assert captioner.load(path).backend == "onnx-int8"  # the fp32 file is all it needs here
 
 
