@@ -1,6 +1,6 @@
-"""What this CPU is, as Linux's /proc/cpuinfo says: its maker and feature flags. Two choices hang on it: the
-default encoder backend (int8 needs dot-product instructions) and the orientation of the decoder's matrix
-products (MKL's kernels differ by maker)."""
+"""What this CPU is, as Linux's /proc/cpuinfo says: its maker and feature flags. Two choices hang on it: what
+`onnx-int8` runs in int8 (the encoder needs dot-product instructions) and the orientation of the decoder's
+matrix products (MKL's kernels differ by maker)."""
 
 from __future__ import annotations
 
