@@ -32,16 +32,16 @@ from service.loopback import GunicornServer  # started and stopped as in the rea
 from tests import fuzz  # the same malformed uploads the tests send (run from the repository root: make bench-serve)
 from tests import images as odd_images
 
-from .common import PHOTOS, load_or_build, timed
+from .common import PHOTOS, ROOT, load_or_build, timed
 
 
 class Server(GunicornServer):
     """The service under load, with a view of its worker processes."""
 
     def __init__(self, model_path: str, batch_wait_ms: float, threads: int, front: bool = False,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, root: Path = ROOT):
         super().__init__(model_path, {"CAPTIONER_BATCH_WAIT_MS": str(batch_wait_ms), "CAPTIONER_THREADS": str(threads),
-                                      **(env or {})}, front=front)
+                                      **(env or {})}, front=front, root=root)
 
     def rss_mb(self) -> float:
         total = 0

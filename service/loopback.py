@@ -27,17 +27,18 @@ def free_port() -> int:
 
 class GunicornServer:
     """`with GunicornServer(model) as srv:` -> srv.url answers /readyz 200 inside the block; SIGTERM after.
-    With `front`, the way it is deployed: nginx on the port, gunicorn behind it (needs nginx installed)."""
+    With `front`, the way it is deployed: nginx on the port, gunicorn behind it (needs nginx installed). `root`:
+    the source tree whose service runs (another revision's, for a benchmark's baseline)."""
 
     def __init__(self, model_path: str | Path, env: dict[str, str] | None = None, ready_timeout: float = 120,
-                 front: bool = False):
+                 front: bool = False, root: Path = ROOT):
         self.port, self.front = free_port(), front
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CAPTIONER_MODEL": str(model_path), "PORT": str(self.port), "CAPTIONER_BIND": "127.0.0.1",
                "CAPTIONER_WORKERS": "1", **(env or {})}
         command = ["-m", "service.front"] if front else ["-m", "gunicorn", "-c", "service/gunicorn.conf.py",
                                                          "service.app:create_app()"]
-        self.proc = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([sys.executable, *command], cwd=root, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_ready(ready_timeout)
