@@ -289,8 +289,9 @@ def teacher_forced_steps(decoder: CaptionDecoder, features: torch.Tensor, ids: S
 
 
 class _Beams:
-    """Beam search's state for b images x k hypotheses: the live (unfinished) hypotheses, their scores and
-    word ids [b*k, t], and each image's pool of the k best finished ones."""
+    """Beam search's state for the b images still searching x k hypotheses: the live (unfinished) hypotheses,
+    their scores and word ids [b*k, t], and each image's pool of the k best finished ones. An image whose
+    search has settled leaves (`retire`) with its answer, so later steps compute only the images still open."""
 
     def __init__(self, b: int, k: int, max_length: int, end_id: int, device: torch.device):
         self.b, self.k, self.max_length, self.end_id = b, k, max_length, end_id
@@ -301,6 +302,8 @@ class _Beams:
         self.fin_raw = torch.full((b, k), NEG_INF, device=device)
         self.fin_tokens = torch.full((b, k, max_length), end_id, dtype=torch.long, device=device)
         self.offsets = (torch.arange(b, device=device) * k).unsqueeze(1)
+        self.images = list(range(b))  # the batch index of each image still searching, in row order
+        self.answers: dict[int, list[Hypothesis]] = {}  # batch index -> hypotheses, of the images that left
 
     def advance(self, lp: torch.Tensor, t: int, length_penalty: float, may_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One step over each image's k x V candidates (live score + next-word score `lp` [b*k, V]).
@@ -333,26 +336,44 @@ class _Beams:
         self.fin_raw = torch.cat([self.fin_raw, end_raw], 1).gather(1, pick)
         self.fin_tokens = torch.cat([self.fin_tokens, padded], 1).gather(1, pick.unsqueeze(2).expand(-1, -1, width))
 
-    def settled(self, n_best: int, length_penalty: float) -> bool:
-        """Scores only fall as words are added, so no live hypothesis can end better than this bound."""
+    def settled(self, n_best: int, length_penalty: float) -> torch.Tensor:
+        """Per image still searching [b], whether its answer is decided: scores only fall as words are added, so
+        no live hypothesis can end better than this bound."""
         bound = self.live_score.max(dim=1).values / float(self.max_length) ** length_penalty
-        return bool((self.fin_norm[:, n_best - 1] >= bound).all())
+        return self.fin_norm[:, n_best - 1] >= bound
+
+    def retire(self, settled: torch.Tensor, n_best: int, length_penalty: float) -> torch.Tensor:
+        """Take the `settled` images [b] out with their answers; returns the rows [b'*k] of the images that stay,
+        to select their decoder state and per-row inputs by."""
+        keep = (~settled).nonzero()[:, 0]
+        for i in settled.nonzero()[:, 0].tolist():
+            self.answers[self.images[i]] = self._hypotheses(i, n_best, length_penalty)
+        self.images = [self.images[i] for i in keep.tolist()]
+        rows = (keep.unsqueeze(1) * self.k + torch.arange(self.k, device=keep.device)).view(-1)
+        self.b = len(self.images)
+        self.live_score, self.live_tokens = self.live_score[keep], self.live_tokens[rows]
+        self.fin_norm, self.fin_raw, self.fin_tokens = self.fin_norm[keep], self.fin_raw[keep], self.fin_tokens[keep]
+        self.offsets = self.offsets[: self.b]
+        return rows
 
     def best(self, n_best: int, length_penalty: float) -> list[list[Hypothesis]]:
-        """Each image's n_best finished hypotheses, topped up with its best live ones."""
-        live_norm = self.live_score / float(self.live_tokens.size(1)) ** length_penalty
-        results: list[list[Hypothesis]] = []
-        for i in range(self.b):
-            hyps = [Hypothesis(_words(self.fin_tokens[i, j].tolist(), self.end_id), float(self.fin_raw[i, j]), True)
-                    for j in range(self.k) if self.fin_norm[i, j] > NEG_INF][:n_best]
-            for j in live_norm[i].argsort(descending=True).tolist():
-                if len(hyps) >= n_best:
-                    break
-                if self.live_score[i, j] > NEG_INF:
-                    tokens = self.live_tokens[i * self.k + j].tolist()
-                    hyps.append(Hypothesis(tokens, float(self.live_score[i, j]), False))
-            results.append(hyps)
-        return results
+        """Each image's n_best finished hypotheses, topped up with its best live ones, in batch order."""
+        for i, image in enumerate(self.images):
+            self.answers[image] = self._hypotheses(i, n_best, length_penalty)
+        return [self.answers[image] for image in sorted(self.answers)]
+
+    def _hypotheses(self, i: int, n_best: int, length_penalty: float) -> list[Hypothesis]:
+        """Image i's (a row of the images still searching) n_best finished hypotheses, topped up with its best
+        live ones."""
+        hyps = [Hypothesis(_words(self.fin_tokens[i, j].tolist(), self.end_id), float(self.fin_raw[i, j]), True)
+                for j in range(self.k) if self.fin_norm[i, j] > NEG_INF][:n_best]
+        live_norm = self.live_score[i] / float(self.live_tokens.size(1)) ** length_penalty
+        for j in live_norm.argsort(descending=True).tolist():
+            if len(hyps) >= n_best:
+                break
+            if self.live_score[i, j] > NEG_INF:
+                hyps.append(Hypothesis(self.live_tokens[i * self.k + j].tolist(), float(self.live_score[i, j]), False))
+        return hyps
 
 
 @torch.inference_mode()
@@ -387,7 +408,12 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, start_id: int, 
         log_probs, state = decoder.step_log_probs(tokens, state)
         lp = _step_log_probs(log_probs, tokens, t, bans, bias, beams.live_tokens, options.no_repeat_ngram_size)
         rows, tokens = beams.advance(lp, t, penalty, may_end=t >= bans.min_length)
-        state = decoder.reorder(state, rows)
-        if beams.settled(n_best, penalty):
+        settled = beams.settled(n_best, penalty)
+        if bool(settled.all()):
             break
+        if beams.b > 1 and bool(settled.any()):  # the images still searching go on alone
+            kept = beams.retire(settled, n_best, penalty)
+            rows, tokens = rows[kept], tokens[kept]
+            bias = bias[kept] if bias.dim() == 2 else bias
+        state = decoder.reorder(state, rows)
     return beams.best(n_best, penalty)

@@ -87,6 +87,30 @@ def test_batched_equals_one_at_a_time():
         assert one.tokens == sample_b[i].tokens
 
 
+def test_settled_images_leave_the_batch_with_the_answer_they_get_alone():
+    """An image whose beam search has settled leaves the batch, so later steps decode fewer rows; each image's
+    n-best and scores (with its own word scores and n-gram bans) are still what it gets alone."""
+    options = DecodeOptions(beam_size=3, n_best=2, max_length=12, length_penalty=1.0, no_repeat_ngram_size=2)
+    retired = 0
+    for seed in range(4):
+        dec = tiny_decoder(30, seed=seed)
+        with torch.no_grad():
+            dec.out.bias[END] = 3.0  # captions end early, and at different steps for different images
+        v = feats(6, seed=seed)
+        scores = torch.zeros(6, 30)
+        scores[:, 5] = -math.inf
+        scores[torch.arange(6), torch.arange(6) + 6] = -1.0
+        rows, step = [], dec.step_log_probs
+        dec.step_log_probs = lambda tokens, state: (rows.append(len(tokens)), step(tokens, state))[1]
+        batched = beam_search(dec, v, START, bans(), options, word_scores=scores)
+        retired += rows[-1] < rows[0]
+        for i in range(6):
+            alone = beam_search(dec, v[i : i + 1], START, bans(), options, word_scores=scores[i : i + 1])[0]
+            assert [(h.tokens, h.finished) for h in alone] == [(h.tokens, h.finished) for h in batched[i]]
+            assert [h.log_prob for h in alone] == pytest.approx([h.log_prob for h in batched[i]], abs=1e-5)
+    assert retired >= 2
+
+
 def test_n_best_sorted_distinct_and_scored_correctly():
     dec = tiny_decoder(30, seed=2)
     v = feats(3, seed=2)
